@@ -1,0 +1,1 @@
+//! Our nftables table as data (placeholder; being written).

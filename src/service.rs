@@ -1,0 +1,272 @@
+//! Virtual services and their real servers (destinations), as IPVS models them: a service
+//! holds its scheduler and an ordered destination list, newest first (lvs-semantics.md §1.2).
+//!
+//! This module is pure data and logic: it never touches the kernel. The daemon owns one
+//! [`Table`] and asks it for decisions; connection counters are updated from outside.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::sched::{self, Change, Request, SchedOptions, Scheduler};
+
+/// Transport protocol of a virtual service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+    /// ipvsadm's option letter for the protocol (`-t`, `-u`).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "-t",
+            Protocol::Udp => "-u",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// What identifies a virtual service: protocol, VIP and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub proto: Protocol,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl ServiceKey {
+    pub fn vip(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.addr, self.port)
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}", self.proto.flag(), self.addr, self.port)
+    }
+}
+
+/// A stable identity for a destination, unique within a [`Table`] for its lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestId(pub u64);
+
+/// A real server of a service, with the counters schedulers read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dest {
+    pub id: DestId,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// 0..=65535; 0 means quiesced: no new connections, existing ones continue.
+    pub weight: u32,
+    /// The most recent non-zero weight (used by mh only).
+    pub last_weight: u32,
+    /// Upper/lower connection thresholds (`-x`/`-y`); 0 = off.
+    pub u_threshold: u32,
+    pub l_threshold: u32,
+    pub active: u32,
+    pub inactive: u32,
+    pub persist: u32,
+    /// IPVS's IP_VS_DEST_F_OVERLOAD, driven by the thresholds.
+    pub overloaded: bool,
+}
+
+impl Dest {
+    pub fn new(id: DestId, addr: Ipv4Addr, port: u16, weight: u32) -> Dest {
+        Dest {
+            id,
+            addr,
+            port,
+            weight,
+            last_weight: weight,
+            u_threshold: 0,
+            l_threshold: 0,
+            active: 0,
+            inactive: 0,
+            persist: 0,
+            overloaded: false,
+        }
+    }
+
+    pub fn rip(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.addr, self.port)
+    }
+}
+
+/// Per-destination settings given by `-a`/`-e`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DestSpec {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub u_threshold: u32,
+    pub l_threshold: u32,
+}
+
+/// Per-service settings given by `-A`/`-E`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub key: ServiceKey,
+    pub sched_name: String,
+    pub sched_opts: SchedOptions,
+    /// Persistence timeout in seconds (`-p`), if any.
+    pub persistent: Option<u32>,
+    /// Persistence netmask (`-M`).
+    pub netmask: Ipv4Addr,
+}
+
+/// A virtual service: settings, scheduler and destinations in IPVS list order.
+#[derive(Debug)]
+pub struct Service {
+    pub spec: ServiceSpec,
+    pub dests: Vec<Dest>,
+    sched: Box<dyn Scheduler>,
+}
+
+impl Service {
+    pub fn key(&self) -> ServiceKey {
+        self.spec.key
+    }
+    pub fn scheduler_name(&self) -> &'static str {
+        self.sched.name()
+    }
+    pub fn dest_index(&self, addr: Ipv4Addr, port: u16) -> Option<usize> {
+        self.dests.iter().position(|d| d.addr == addr && d.port == port)
+    }
+    /// Asks the scheduler for a destination for a new connection.
+    pub fn schedule(&mut self, req: &Request) -> Option<&Dest> {
+        let i = self.sched.schedule(&self.dests, req)?;
+        self.dests.get(i)
+    }
+}
+
+/// Why a table edit was refused. The texts are ipvsadm's (lvs-semantics.md §8).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    #[error("Service already exists")]
+    ServiceExists,
+    #[error("No such service")]
+    NoService,
+    #[error("Destination already exists")]
+    DestExists,
+    #[error("No such destination")]
+    NoDest,
+    #[error("Scheduler not found: {0}")]
+    Scheduler(#[from] sched::UnknownScheduler),
+}
+
+/// All virtual services, in creation order.
+#[derive(Debug, Default)]
+pub struct Table {
+    services: Vec<Service>,
+    next_dest: u64,
+}
+
+impl Table {
+    pub fn new() -> Table {
+        Table::default()
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    pub fn services_mut(&mut self) -> &mut [Service] {
+        &mut self.services
+    }
+
+    pub fn find(&self, key: &ServiceKey) -> Option<usize> {
+        self.services.iter().position(|s| s.spec.key == *key)
+    }
+
+    pub fn service_mut(&mut self, key: &ServiceKey) -> Option<&mut Service> {
+        self.services.iter_mut().find(|s| s.spec.key == *key)
+    }
+
+    /// `-A`: a new, empty service.
+    pub fn add_service(&mut self, spec: ServiceSpec) -> Result<(), EditError> {
+        if self.find(&spec.key).is_some() {
+            return Err(EditError::ServiceExists);
+        }
+        let sched = sched::new(&spec.sched_name, &spec.sched_opts, &[])?;
+        self.services.push(Service { spec, dests: Vec::new(), sched });
+        Ok(())
+    }
+
+    /// `-E`: new settings for an existing service. A new scheduler name (or new scheduler
+    /// options) attaches a fresh scheduler to the populated list, as IPVS does.
+    pub fn edit_service(&mut self, spec: ServiceSpec) -> Result<(), EditError> {
+        let svc = self.service_mut(&spec.key).ok_or(EditError::NoService)?;
+        if svc.spec.sched_name != spec.sched_name || svc.spec.sched_opts != spec.sched_opts {
+            svc.sched = sched::new(&spec.sched_name, &spec.sched_opts, &svc.dests)?;
+        }
+        svc.spec = spec;
+        Ok(())
+    }
+
+    /// `-D`.
+    pub fn del_service(&mut self, key: &ServiceKey) -> Result<Service, EditError> {
+        let i = self.find(key).ok_or(EditError::NoService)?;
+        Ok(self.services.remove(i))
+    }
+
+    /// `-C`.
+    pub fn clear(&mut self) {
+        self.services.clear();
+    }
+
+    /// `-a`: the new destination goes to the head of the list.
+    pub fn add_dest(&mut self, key: &ServiceKey, spec: DestSpec) -> Result<DestId, EditError> {
+        let id = DestId(self.next_dest);
+        let svc = self.service_mut(key).ok_or(EditError::NoService)?;
+        if svc.dest_index(spec.addr, spec.port).is_some() {
+            return Err(EditError::DestExists);
+        }
+        let mut d = Dest::new(id, spec.addr, spec.port, spec.weight);
+        d.u_threshold = spec.u_threshold;
+        d.l_threshold = spec.l_threshold;
+        svc.dests.insert(0, d);
+        svc.sched.on_change(&svc.dests, Change::Added(0));
+        self.next_dest += 1;
+        Ok(id)
+    }
+
+    /// `-e`: new weight and thresholds for an existing destination.
+    pub fn edit_dest(&mut self, key: &ServiceKey, spec: DestSpec) -> Result<(), EditError> {
+        let svc = self.service_mut(key).ok_or(EditError::NoService)?;
+        let i = svc.dest_index(spec.addr, spec.port).ok_or(EditError::NoDest)?;
+        let d = &mut svc.dests[i];
+        d.weight = spec.weight;
+        if spec.weight > 0 {
+            d.last_weight = spec.weight;
+        }
+        d.u_threshold = spec.u_threshold;
+        d.l_threshold = spec.l_threshold;
+        svc.sched.on_change(&svc.dests, Change::Edited(i));
+        Ok(())
+    }
+
+    /// `-d`.
+    pub fn del_dest(&mut self, key: &ServiceKey, addr: Ipv4Addr, port: u16) -> Result<Dest, EditError> {
+        let svc = self.service_mut(key).ok_or(EditError::NoService)?;
+        let i = svc.dest_index(addr, port).ok_or(EditError::NoDest)?;
+        let d = svc.dests.remove(i);
+        svc.sched.on_change(&svc.dests, Change::Removed { index: i, id: d.id });
+        Ok(d)
+    }
+}
