@@ -638,9 +638,12 @@ impl RawArgs {
             }
             Cmd::List => {
                 let o = self.options;
-                let listing = Opt::Stats.bit() | Opt::Rate.bit() | Opt::Thresholds.bit() | Opt::PersistentConn.bit();
+                // ipvsadm 1.31: -c/--timeout/--daemon exclude the counter views, and
+                // --timeout/--daemon also exclude --persistent-conn (-c allows it).
+                let views = Opt::Stats.bit() | Opt::Rate.bit() | Opt::Thresholds.bit();
                 let other = Opt::Connection.bit() | Opt::Timeout.bit() | Opt::Daemon.bit();
-                if o & other != 0 && o & listing != 0 {
+                let no_pc = Opt::Timeout.bit() | Opt::Daemon.bit();
+                if (o & other != 0 && o & views != 0) || (o & no_pc != 0 && o & Opt::PersistentConn.bit() != 0) {
                     return Err(UsageError::new("options conflicts in the list command"));
                 }
                 let what = if o & Opt::Connection.bit() != 0 {
@@ -1044,6 +1047,9 @@ mod tests {
         assert_eq!(e("-L -c -t 1.2.3.4:80").message, "The option 'service-address' conflicts with the 'connection' option in the 'list' command");
         assert_eq!(e("-Q").exit_code, 255);
         assert_eq!(e("-A -t 1.2.3.4:80 extra").message, "unexpected argument extra");
+        assert_eq!(e("-L -c --stats").message, "options conflicts in the list command");
+        assert_eq!(e("-L --timeout --persistent-conn").message, "options conflicts in the list command");
+        assert!(parse_line("-L -c --persistent-conn").is_ok());
     }
 
     #[test]
