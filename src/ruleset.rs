@@ -1,1 +1,483 @@
-//! Our nftables table as data (placeholder; being written).
+//! Our nftables table as plain data, and its text form.
+//!
+//! nfvs owns exactly one table, `ip nfvs` ([`TABLE`]); it never creates, changes or deletes
+//! anything else (design.md, "Interfaces users see"). A [`Ruleset`] says what that table must
+//! hold; [`crate::kernel::nftables::apply`] installs it in one atomic batch, and
+//! [`Ruleset::render`] prints it as `nft` text for `nfvs rules`, for admins who manage their
+//! rules themselves (`rules/nfvs.nft`), and for tests that compare it with the kernel's listing.
+//!
+//! The table has three chains:
+//!
+//! - `divert` (filter, prerouting, priority raw = -300): sends the SYN of every new connection
+//!   to a virtual service to NFQUEUE. Raw priority runs before conntrack (-200), so the daemon
+//!   sees the SYN before the kernel attaches its own conntrack entry; otherwise the daemon's
+//!   entry and the kernel's would clash at confirmation (design.md, "Why raw priority").
+//! - `nat_pre` (nat, prerouting, priority dstnat = -100): one `ct state new counter` rule.
+//!   NAT hooks register only while a nat base chain exists, and conntrack does not even run in
+//!   a fresh namespace until some rule references it (design.md fact 2); this chain does both.
+//!   Connections nfvs balanced never reach it (their NAT is set up when the daemon creates the
+//!   conntrack entry), so its counter counts new connections nfvs did *not* balance.
+//! - `nat_post` (nat, postrouting, priority srcnat = 100): `ip saddr CIDR masquerade` for each
+//!   `--masquerade` network: the seed's `iptables -t nat -A POSTROUTING -s CIDR -j MASQUERADE`,
+//!   with the same meaning (no output interface).
+
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use crate::service::Protocol;
+
+/// The name of our table (family `ip`). Users see and may script against it: keep it stable.
+pub const TABLE: &str = "nfvs";
+
+/// The chains of [`TABLE`], in the order they are created and listed.
+pub const CHAIN_DIVERT: &str = "divert";
+pub const CHAIN_NAT_PRE: &str = "nat_pre";
+pub const CHAIN_NAT_POST: &str = "nat_post";
+
+/// Why a piece of a [`Ruleset`] is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulesetError {
+    #[error(
+        "invalid network {text:?}: expected an IPv4 address with an optional prefix length, \
+         such as 192.168.226.0/24"
+    )]
+    CidrSyntax { text: String },
+    #[error("invalid network {text:?}: the prefix length must be a number from 0 to 32")]
+    CidrPrefix { text: String },
+    #[error("invalid network {text:?}: host bits are set; did you mean {network}?")]
+    CidrHostBits { text: String, network: Cidr },
+    #[error(
+        "UDP services are not supported yet ({vip}:{port}): the divert rule can only \
+         recognise a TCP connection's first packet (its SYN)"
+    )]
+    UdpDivert { vip: Ipv4Addr, port: u16 },
+    #[error("service {vip}:{port}: port 0 (all ports) is not supported")]
+    PortZero { vip: Ipv4Addr, port: u16 },
+    #[error("queue total must be at least 1 (got 0)")]
+    QueueTotalZero,
+    #[error("queues {num}..{num}+{total} go beyond queue 65535")]
+    QueueRange { num: u16, total: u16 },
+}
+
+/// An IPv4 network: an address whose host bits are clear, and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// A network from its address and prefix length; host bits must be clear.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Cidr, RulesetError> {
+        let text = format!("{addr}/{prefix}");
+        if prefix > 32 {
+            return Err(RulesetError::CidrPrefix { text });
+        }
+        let cidr = Cidr { addr, prefix };
+        let network = Ipv4Addr::from(u32::from(addr) & u32::from(cidr.mask()));
+        if network != addr {
+            return Err(RulesetError::CidrHostBits { text, network: Cidr { addr: network, prefix } });
+        }
+        Ok(cidr)
+    }
+
+    /// The netmask, e.g. 255.255.255.0 for a /24.
+    pub fn mask(&self) -> Ipv4Addr {
+        // checked_shl: a /0 shifts by 32, which `<<` does not allow.
+        let bits = u32::MAX.checked_shl(32 - u32::from(self.prefix.min(32))).unwrap_or(0);
+        Ipv4Addr::from(bits)
+    }
+
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.mask()) == u32::from(self.addr)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = RulesetError;
+
+    /// `192.168.226.0/24`, or a bare address meaning a /32.
+    fn from_str(text: &str) -> Result<Cidr, RulesetError> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: Ipv4Addr = addr.parse().map_err(|_| RulesetError::CidrSyntax { text: text.to_string() })?;
+        let prefix = match prefix {
+            None => 32,
+            // u8::from_str accepts a leading '+'; a prefix is plain digits.
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().map_err(|_| RulesetError::CidrPrefix { text: text.to_string() })?
+            }
+            Some(_) => return Err(RulesetError::CidrPrefix { text: text.to_string() }),
+        };
+        Cidr::new(addr, prefix).map_err(|e| match e {
+            RulesetError::CidrPrefix { .. } => RulesetError::CidrPrefix { text: text.to_string() },
+            RulesetError::CidrHostBits { network, .. } => {
+                RulesetError::CidrHostBits { text: text.to_string(), network }
+            }
+            other => other,
+        })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Which NFQUEUE queue(s) the divert rule sends SYNs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QueueSpec {
+    /// The first queue number.
+    pub num: u16,
+    /// How many queues, `num..num + total`; 1 for a single queue.
+    pub total: u16,
+    /// Accept the packet (unbalanced) when no program is bound to the queue, instead of
+    /// dropping it (design.md fact 7).
+    pub bypass: bool,
+    /// With `total > 1`, pick the queue by CPU instead of by hashing the addresses
+    /// (design.md fact 8).
+    pub fanout: bool,
+}
+
+impl QueueSpec {
+    /// One queue, no flags: `queue num N`.
+    pub fn single(num: u16) -> QueueSpec {
+        QueueSpec { num, total: 1, bypass: false, fanout: false }
+    }
+
+    /// A checked queue range.
+    pub fn new(num: u16, total: u16, bypass: bool, fanout: bool) -> Result<QueueSpec, RulesetError> {
+        let q = QueueSpec { num, total, bypass, fanout };
+        q.validate()?;
+        Ok(q)
+    }
+
+    /// The kernel refuses `queues_total == 0` and ranges past queue 65535
+    /// (net/netfilter/xt_NFQUEUE.c `nfqueue_tg_check`, nft_queue.c `nft_queue_init`).
+    pub fn validate(&self) -> Result<(), RulesetError> {
+        if self.total == 0 {
+            return Err(RulesetError::QueueTotalZero);
+        }
+        if u32::from(self.num) + u32::from(self.total) - 1 > u32::from(u16::MAX) {
+            return Err(RulesetError::QueueRange { num: self.num, total: self.total });
+        }
+        Ok(())
+    }
+
+    /// The last queue number of the range (saturating, for unvalidated specs).
+    pub fn last(&self) -> u16 {
+        self.num.saturating_add(self.total.saturating_sub(1))
+    }
+}
+
+/// One virtual service whose new connections are sent to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Divert {
+    pub proto: Protocol,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+}
+
+impl Divert {
+    /// A checked divert. Only TCP is supported: the divert chain runs at raw priority, before
+    /// conntrack, so it cannot ask whether a packet starts a new flow (`ct state` is not set
+    /// yet). For TCP the SYN flags say so; UDP has no such mark, and queueing every UDP packet
+    /// of a service would send whole flows through the daemon. Moving the rule after conntrack
+    /// is no way out either: the kernel's own entry would then clash with the daemon's.
+    pub fn new(proto: Protocol, vip: Ipv4Addr, port: u16) -> Result<Divert, RulesetError> {
+        let d = Divert { proto, vip, port };
+        d.validate()?;
+        Ok(d)
+    }
+
+    pub fn validate(&self) -> Result<(), RulesetError> {
+        if self.proto == Protocol::Udp {
+            return Err(RulesetError::UdpDivert { vip: self.vip, port: self.port });
+        }
+        if self.port == 0 {
+            return Err(RulesetError::PortZero { vip: self.vip, port: self.port });
+        }
+        Ok(())
+    }
+}
+
+/// What the kernel does with a new connection's SYN when the daemon does not answer.
+///
+/// Reserved: only [`Fallback::None`] exists, and [`Ruleset`] does not carry it yet. A later
+/// variant adds a static `dnat to numgen ...` rule in `nat_pre` that balances SYNs which bypass
+/// the daemon without touching flows the daemon created (design.md fact 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Fallback {
+    /// SYNs the daemon does not see are dropped (or, with `bypass`, accepted unbalanced).
+    #[default]
+    None,
+}
+
+/// Everything our table holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub queue: QueueSpec,
+    pub diverts: Vec<Divert>,
+    pub masquerade: Vec<Cidr>,
+}
+
+impl Ruleset {
+    /// Check every part; [`crate::kernel::nftables::apply`] refuses a ruleset that fails this.
+    pub fn validate(&self) -> Result<(), RulesetError> {
+        self.queue.validate()?;
+        self.diverts.iter().try_for_each(Divert::validate)?;
+        // Cidr's fields are public: re-check what FromStr/new would have refused.
+        for c in &self.masquerade {
+            Cidr::new(c.addr, c.prefix)?;
+        }
+        Ok(())
+    }
+
+    /// The whole table as `nft` prints it: byte for byte what `nft --stateless list table ip
+    /// nfvs` (nftables 1.0.6) prints once [`apply`](crate::kernel::nftables::apply) has
+    /// installed it on a kernel that uses the xt-compat NFQUEUE target. Differences elsewhere:
+    ///
+    /// - `nft list` without `--stateless` adds `packets N bytes M` after each `counter`.
+    /// - With the native `queue` expression, nft 1.0.6 lists `queue num 0` as `queue to 0`
+    ///   and `queue num 0-3 bypass,fanout` as `queue flags bypass,fanout to 0-3` (nftables
+    ///   src/statement.c `queue_stmt_print`; this kernel cannot show it). nft 1.0.6 parses
+    ///   the form used here as well (checked: only the kernel refuses it here, with ENOENT).
+    /// - On a kernel without the native expression (design.md fact 3) `nft -f` cannot load
+    ///   any `queue` statement, this text included; `rules/nfvs.iptables` is the loadable form.
+    ///
+    /// A UDP divert (which [`Ruleset::validate`] refuses) is rendered as the rule it would
+    /// need, `udp dport` in place of the SYN match, so the text never hides an entry.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_nft(&mut out);
+        out
+    }
+
+    fn write_nft(&self, out: &mut String) -> fmt::Result {
+        writeln!(out, "table ip {TABLE} {{")?;
+
+        writeln!(out, "\tchain {CHAIN_DIVERT} {{")?;
+        writeln!(out, "\t\ttype filter hook prerouting priority raw; policy accept;")?;
+        for d in &self.diverts {
+            let ports = match d.proto {
+                // nft lists `tcp flags & (fin|syn|rst|ack) == syn` this way.
+                Protocol::Tcp => {
+                    format!("tcp dport {} tcp flags syn / fin,syn,rst,ack", d.port)
+                }
+                Protocol::Udp => format!("udp dport {}", d.port),
+            };
+            writeln!(out, "\t\tip daddr {} {ports} counter {}", d.vip, render_queue(&self.queue))?;
+        }
+        writeln!(out, "\t}}")?;
+        writeln!(out)?;
+
+        writeln!(out, "\tchain {CHAIN_NAT_PRE} {{")?;
+        writeln!(out, "\t\ttype nat hook prerouting priority dstnat; policy accept;")?;
+        writeln!(out, "\t\tct state new counter")?;
+        writeln!(out, "\t}}")?;
+        writeln!(out)?;
+
+        writeln!(out, "\tchain {CHAIN_NAT_POST} {{")?;
+        writeln!(out, "\t\ttype nat hook postrouting priority srcnat; policy accept;")?;
+        for c in &self.masquerade {
+            // nft prints a /32 as the bare address.
+            if c.prefix == 32 {
+                writeln!(out, "\t\tip saddr {} masquerade", c.addr)?;
+            } else {
+                writeln!(out, "\t\tip saddr {c} masquerade")?;
+            }
+        }
+        writeln!(out, "\t}}")?;
+        writeln!(out, "}}")
+    }
+}
+
+/// `queue num N`, `queue num N-M`, then the flags the way nft (via libxtables' NFQUEUE
+/// translation, and the pre-1.0 native syntax) writes them: ` bypass`, ` fanout`,
+/// ` bypass,fanout`.
+fn render_queue(q: &QueueSpec) -> String {
+    let mut s = format!("queue num {}", q.num);
+    if q.total > 1 {
+        let _ = write!(s, "-{}", q.last());
+    }
+    match (q.bypass, q.fanout) {
+        (true, true) => s.push_str(" bypass,fanout"),
+        (true, false) => s.push_str(" bypass"),
+        (false, true) => s.push_str(" fanout"),
+        (false, false) => {}
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    /// The seed lab: VIP 192.168.199.200:80, real servers in 192.168.226.0/24.
+    fn lab() -> Ruleset {
+        Ruleset {
+            queue: QueueSpec::single(0),
+            diverts: vec![Divert::new(Protocol::Tcp, Ipv4Addr::new(192, 168, 199, 200), 80).unwrap()],
+            masquerade: vec![cidr("192.168.226.0/24")],
+        }
+    }
+
+    #[test]
+    fn cidr_parses_network_and_bare_address() {
+        assert_eq!(cidr("192.168.226.0/24"), Cidr { addr: Ipv4Addr::new(192, 168, 226, 0), prefix: 24 });
+        assert_eq!(cidr("10.1.2.3"), Cidr { addr: Ipv4Addr::new(10, 1, 2, 3), prefix: 32 });
+        assert_eq!(cidr("0.0.0.0/0"), Cidr { addr: Ipv4Addr::UNSPECIFIED, prefix: 0 });
+        assert_eq!(cidr("10.16.0.0/12").to_string(), "10.16.0.0/12");
+    }
+
+    #[test]
+    fn cidr_mask() {
+        assert_eq!(cidr("192.168.226.0/24").mask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(cidr("10.16.0.0/12").mask(), Ipv4Addr::new(255, 240, 0, 0));
+        assert_eq!(cidr("0.0.0.0/0").mask(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(cidr("10.1.2.3/32").mask(), Ipv4Addr::BROADCAST);
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let net = cidr("192.168.226.0/24");
+        assert!(net.contains(Ipv4Addr::new(192, 168, 226, 131)));
+        assert!(!net.contains(Ipv4Addr::new(192, 168, 227, 1)));
+        assert!(cidr("0.0.0.0/0").contains(Ipv4Addr::new(8, 8, 8, 8)));
+    }
+
+    #[test]
+    fn cidr_host_bits_suggest_the_network() {
+        let err = "192.168.226.1/24".parse::<Cidr>().unwrap_err();
+        assert_eq!(
+            err,
+            RulesetError::CidrHostBits { text: "192.168.226.1/24".into(), network: cidr("192.168.226.0/24") }
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid network \"192.168.226.1/24\": host bits are set; did you mean 192.168.226.0/24?"
+        );
+    }
+
+    #[test]
+    fn cidr_errors_name_the_text_and_what_is_expected() {
+        for bad in ["", "192.168.226", "192.168.226.0/", "example.com/24", "1.2.3.4/24/1", "::1/128"] {
+            let msg = bad.parse::<Cidr>().unwrap_err().to_string();
+            assert!(msg.contains(&format!("{bad:?}")), "{msg}");
+            assert!(msg.contains("expected") || msg.contains("prefix length"), "{msg}");
+        }
+        for bad in ["10.0.0.0/33", "10.0.0.0/+8", "10.0.0.0/x", "10.0.0.0/999"] {
+            let err = bad.parse::<Cidr>().unwrap_err();
+            assert_eq!(err, RulesetError::CidrPrefix { text: bad.into() });
+            assert!(err.to_string().contains("from 0 to 32"));
+        }
+    }
+
+    #[test]
+    fn udp_and_port_zero_diverts_are_refused() {
+        let vip = Ipv4Addr::new(192, 168, 199, 200);
+        let err = Divert::new(Protocol::Udp, vip, 53).unwrap_err();
+        assert!(err.to_string().starts_with("UDP services are not supported yet"), "{err}");
+        assert!(Divert::new(Protocol::Tcp, vip, 0).is_err());
+        let mut rs = lab();
+        rs.diverts.push(Divert { proto: Protocol::Udp, vip, port: 53 });
+        assert_eq!(rs.validate(), Err(RulesetError::UdpDivert { vip, port: 53 }));
+    }
+
+    #[test]
+    fn queue_ranges_are_checked() {
+        assert!(QueueSpec::new(0, 0, false, false).is_err());
+        assert!(QueueSpec::new(65535, 1, false, false).is_ok());
+        assert_eq!(
+            QueueSpec::new(65535, 2, false, false),
+            Err(RulesetError::QueueRange { num: 65535, total: 2 })
+        );
+        assert_eq!(QueueSpec::new(2, 4, true, true).unwrap().last(), 5);
+    }
+
+    #[test]
+    fn public_fields_are_revalidated() {
+        let mut rs = lab();
+        rs.masquerade.push(Cidr { addr: Ipv4Addr::new(10, 0, 0, 1), prefix: 8 });
+        assert!(matches!(rs.validate(), Err(RulesetError::CidrHostBits { .. })));
+        let mut rs = lab();
+        rs.queue.total = 0;
+        assert_eq!(rs.validate(), Err(RulesetError::QueueTotalZero));
+        assert_eq!(lab().validate(), Ok(()));
+    }
+
+    /// Golden text: the seed lab's table. `tests/nftables_kernel.rs` checks that the kernel
+    /// lists exactly this (`nft --stateless list table ip nfvs`) after `apply`.
+    #[test]
+    fn render_lab() {
+        let expected = "\
+table ip nfvs {
+\tchain divert {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tip daddr 192.168.199.200 tcp dport 80 tcp flags syn / fin,syn,rst,ack counter queue num 0
+\t}
+
+\tchain nat_pre {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tct state new counter
+\t}
+
+\tchain nat_post {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 192.168.226.0/24 masquerade
+\t}
+}
+";
+        assert_eq!(lab().render(), expected);
+    }
+
+    #[test]
+    fn render_queue_forms() {
+        let q = |num, total, bypass, fanout| render_queue(&QueueSpec { num, total, bypass, fanout });
+        assert_eq!(q(0, 1, false, false), "queue num 0");
+        assert_eq!(q(3, 1, true, false), "queue num 3 bypass");
+        assert_eq!(q(0, 2, false, false), "queue num 0-1");
+        assert_eq!(q(0, 2, false, true), "queue num 0-1 fanout");
+        assert_eq!(q(2, 4, true, true), "queue num 2-5 bypass,fanout");
+    }
+
+    #[test]
+    fn render_empty_and_several() {
+        let rs = Ruleset {
+            queue: QueueSpec { num: 4, total: 2, bypass: true, fanout: true },
+            diverts: vec![
+                Divert::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 1), 443).unwrap(),
+                Divert::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 2), 8080).unwrap(),
+            ],
+            masquerade: vec![cidr("10.1.2.3"), cidr("0.0.0.0/0")],
+        };
+        let text = rs.render();
+        assert!(text.contains(
+            "\t\tip daddr 10.0.0.1 tcp dport 443 tcp flags syn / fin,syn,rst,ack counter queue num 4-5 bypass,fanout\n\
+             \t\tip daddr 10.0.0.2 tcp dport 8080 "
+        ));
+        assert!(text.contains("\t\tip saddr 10.1.2.3 masquerade\n\t\tip saddr 0.0.0.0/0 masquerade\n"));
+
+        let empty = Ruleset { queue: QueueSpec::single(0), diverts: vec![], masquerade: vec![] };
+        assert!(empty.render().contains(
+            "\tchain divert {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t}\n"
+        ));
+    }
+
+    /// `rules/nfvs.nft` is the lab's table for admins; keep it in step with `render`.
+    #[test]
+    fn rules_file_holds_the_rendered_lab_table() {
+        let file = include_str!("../rules/nfvs.nft");
+        assert!(file.contains(&lab().render()), "rules/nfvs.nft differs from Ruleset::render()");
+    }
+}
