@@ -982,6 +982,57 @@ pub fn edit_message(cmd: &Command, e: &EditError) -> String {
     }
 }
 
+/// The table edits that turn `old` into `new` (for SIGHUP reload): only what differs, so
+/// untouched services keep their scheduler state and counters. Deletions come first; new real
+/// servers are added oldest first, which reproduces `new`'s list order.
+pub fn diff(old: &Table, new: &Table) -> Vec<Command> {
+    let mut out = Vec::new();
+    for s in old.services() {
+        if new.find(&s.key()).is_none() {
+            out.push(Command::DelService(s.key()));
+        }
+    }
+    for n in new.services() {
+        let key = n.key();
+        let adds = |from: &[crate::service::Dest], out: &mut Vec<Command>| {
+            for d in from.iter().rev() {
+                out.push(Command::AddDest(key, dest_spec_of(d)));
+            }
+        };
+        match old.services().iter().find(|o| o.key() == key) {
+            None => {
+                out.push(Command::AddService(n.spec.clone()));
+                adds(&n.dests, &mut out);
+            }
+            Some(o) => {
+                if o.spec != n.spec {
+                    out.push(Command::EditService(n.spec.clone()));
+                }
+                for d in &o.dests {
+                    if n.dest_index(d.addr, d.port).is_none() {
+                        out.push(Command::DelDest(key, d.addr, d.port));
+                    }
+                }
+                let fresh: Vec<crate::service::Dest> =
+                    n.dests.iter().filter(|d| o.dest_index(d.addr, d.port).is_none()).cloned().collect();
+                adds(&fresh, &mut out);
+                for d in &n.dests {
+                    if let Some(i) = o.dest_index(d.addr, d.port) {
+                        if dest_spec_of(&o.dests[i]) != dest_spec_of(d) {
+                            out.push(Command::EditDest(key, dest_spec_of(d)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn dest_spec_of(d: &crate::service::Dest) -> DestSpec {
+    DestSpec { addr: d.addr, port: d.port, weight: d.weight, u_threshold: d.u_threshold, l_threshold: d.l_threshold }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1080,6 +1131,35 @@ mod tests {
         }
         assert_eq!(parse_line("").unwrap(), Command::List(ListWhat::All, ListFormat::default()));
         assert!(parse_line("-A -t 1.2.3.4:80 -s rr -b sh-port").is_err(), "sh-port needs -s sh");
+    }
+
+    #[test]
+    fn reload_diff_applies_only_changes() {
+        let old = parse_rules(LAB, "old").unwrap();
+        let new_text = "-A -t 192.168.199.200:80 -s wrr\n\
+            -a -t 192.168.199.200:80 -r 192.168.226.131:80 -m -w 3\n\
+            -a -t 192.168.199.200:80 -r 192.168.226.132:80 -m -w 1\n\
+            -A -t 192.168.199.200:443 -s rr\n\
+            -a -t 192.168.199.200:443 -r 192.168.226.130:443 -m\n";
+        let new = parse_rules(new_text, "new").unwrap();
+        let cmds = diff(&old, &new);
+        let lines: Vec<String> = cmds.iter().map(|c| format!("{c:?}")).collect();
+        assert_eq!(cmds.len(), 5, "{lines:#?}");
+        assert!(matches!(cmds[0], Command::DelDest(_, a, 80) if a == Ipv4Addr::new(192, 168, 226, 130)));
+        assert!(matches!(cmds[1], Command::AddDest(_, d) if d.addr == Ipv4Addr::new(192, 168, 226, 132)));
+        assert!(matches!(cmds[2], Command::EditDest(_, d) if d.weight == 3));
+        assert!(matches!(cmds[3], Command::AddService(ref s) if s.key.port == 443));
+        // Applying the diff to the old table gives the new one, list order included.
+        let mut t = parse_rules(LAB, "old").unwrap();
+        for c in &cmds {
+            apply(&mut t, c).unwrap();
+        }
+        assert!(diff(&t, &new).is_empty());
+        let order = |t: &Table| -> Vec<String> {
+            t.services().iter().flat_map(|s| s.dests.iter().map(|d| format!("{} {}", d.rip(), d.weight))).collect()
+        };
+        assert_eq!(order(&t), order(&new));
+        assert!(diff(&new, &new).is_empty());
     }
 
     #[test]
