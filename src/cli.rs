@@ -1,1 +1,92 @@
-//! placeholder
+//! The command line: `nfvs run`, `nfvs rules`, `nfvs check`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::ruleset::Cidr;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nfvs",
+    version,
+    about = "LVS NAT mode in userspace: NFQUEUE + conntrack DNAT, with IPVS's schedulers",
+    long_about = "nfvs balances TCP connections to virtual services (VIP:port) over real servers, \
+as LVS NAT mode does, without the IPVS kernel module. An nftables rule in nfvs's own table \
+(`ip nfvs`) sends each new connection's SYN to NFQUEUE; nfvs picks a real server with the \
+service's scheduler, creates a conntrack entry with DNAT to it, and lets the kernel handle the \
+rest of the flow. Services are written as ipvsadm commands, in the form `ipvsadm -S -n` prints.",
+    after_help = "Example (the seed lab):\n  \
+nfvs run --rules rules/lab.rules --masquerade 192.168.226.0/24\n\n\
+rules/lab.rules:\n  \
+-A -t 192.168.199.200:80 -s wrr\n  \
+-a -t 192.168.199.200:80 -r 192.168.226.130:80 -m -w 1\n  \
+-a -t 192.168.199.200:80 -r 192.168.226.131:80 -m -w 1"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TableArgs {
+    /// ipvsadm commands, one per line, as `ipvsadm -S -n` prints them (`-A -t VIP:PORT -s
+    /// SCHED`, `-a -t VIP:PORT -r RIP:PORT -m -w W`); `#` starts a comment.
+    #[arg(long, value_name = "FILE")]
+    pub rules: PathBuf,
+    /// Add a MASQUERADE rule for traffic from this source network (the real servers' subnet,
+    /// as the seed's `iptables -t nat -A POSTROUTING -s CIDR -j MASQUERADE`). Repeatable.
+    #[arg(long, value_name = "CIDR")]
+    pub masquerade: Vec<Cidr>,
+    /// NFQUEUE number the divert rule sends SYNs to.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub queue: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the director in the foreground until SIGINT/SIGTERM.
+    ///
+    /// Installs table `ip nfvs` (replacing one left by a crash; nothing else is touched), sets
+    /// ip_forward=1 and send_redirects=0 (restored on exit, even after a crash and restart),
+    /// and logs one line per new-connection decision. RUST_LOG=debug shows more.
+    Run {
+        #[command(flatten)]
+        table: TableArgs,
+        /// Where the sysctl values nfvs replaced are kept until its clean stop.
+        #[arg(long, value_name = "DIR", default_value = crate::kernel::sysctl::STATE_DIR)]
+        state_dir: PathBuf,
+        /// Conntrack mark put on the entries nfvs creates (to find them in dumps and events).
+        #[arg(long, value_name = "MARK", default_value_t = crate::daemon::DEFAULT_CT_MARK, value_parser = parse_u32)]
+        ct_mark: u32,
+        /// When the queue is full, let SYNs through unbalanced instead of dropping them
+        /// (clients then get a RST from the director instead of retrying).
+        #[arg(long)]
+        fail_open: bool,
+        /// On SIGTERM/SIGINT, stop balancing new connections at once but wait up to this many
+        /// seconds for running ones to finish before removing the table and restoring the
+        /// sysctls (which cuts whatever still runs). 0 stops at once. A second signal stops at
+        /// once too.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        drain_timeout: u64,
+    },
+    /// Print the nftables table `run` would install, as `nft -f` text.
+    Rules {
+        #[command(flatten)]
+        table: TableArgs,
+    },
+    /// Check a rules file and print the services it defines; changes nothing.
+    Check {
+        /// The rules file to check.
+        #[arg(long, value_name = "FILE")]
+        rules: PathBuf,
+    },
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("'{s}' is not a 32-bit number (decimal or 0x-hex)"))
+}

@@ -117,3 +117,17 @@ pub fn new(
 
 pub mod rr;
 pub mod wrr;
+
+/// A destination that may take new connections: weight > 0 and not overloaded.
+pub(crate) fn usable(d: &Dest) -> bool {
+    !d.overloaded && d.weight > 0
+}
+
+/// Greatest common divisor (the kernel's `gcd()` from lib/math/gcd.c, on non-negative values).
+pub(crate) fn gcd(a: i64, b: i64) -> i64 {
+    let (mut a, mut b) = (a, b);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}

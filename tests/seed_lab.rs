@@ -1,0 +1,248 @@
+//! The seed's LVS-NAT lab end to end with nfvs as the director (issue 2): real kernel, network
+//! namespaces, nginx real servers. Needs root; run through scripts/test.sh.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::os::fd::FromRawFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// The real server that answered, from nginx's "hello, i am from <ip>".
+fn rs_of(body: &str) -> String {
+    body.trim().strip_prefix("hello, i am from ").unwrap_or_else(|| panic!("unexpected answer {body:?}")).to_string()
+}
+
+fn nft_tables(lab: &Lab) -> String {
+    lab.exec_ok(Role::Director, &["nft", "list", "tables"])
+}
+
+/// Issue 2, test 1: 20 sequential requests alternate exactly .131, .130, ... (IPVS list order:
+/// the server added last is tried first).
+#[test]
+fn twenty_curls_alternate_starting_with_131() {
+    require_root();
+    let lab = Lab::up();
+    let d = lab.nfvs().start().unwrap();
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got.push(rs_of(&lab.client_curl_vip().unwrap()));
+    }
+    let want: Vec<String> = (0..20).map(|i| if i % 2 == 0 { RS2 } else { RS1 }.to_string()).collect();
+    assert_eq!(got, want);
+    // One decision line per connection, naming client, VIP, scheduler and server.
+    let lines = d.log_lines("conn client=192.168.199.1:");
+    assert_eq!(lines.len(), 20, "log:\n{}", d.log());
+    assert!(lines[0].contains("vip=192.168.199.200:80 sched=wrr rs=192.168.226.131:80"), "{}", lines[0]);
+    assert!(lines[1].contains("rs=192.168.226.130:80"), "{}", lines[1]);
+}
+
+/// Starts a rate-limited download of the lab's 20 MB file through the VIP from the client,
+/// writing to `out`; returns the curl process.
+fn start_download(lab: &Lab, out: &std::path::Path) -> std::process::Child {
+    lab.command(Role::Client, "curl")
+        .args(["-sS", "--fail", "--limit-rate", "4M", "--max-time", "60", "-o"])
+        .arg(out)
+        .arg(format!("http://{VIP}/big.bin"))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn curl")
+}
+
+fn wait_started(out: &std::path::Path) {
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::metadata(out).map(|m| m.len() > 1_000_000).unwrap_or(false)),
+        "download did not start"
+    );
+}
+
+/// Issue 2, test 2a: a download running when the daemon is SIGKILLed completes intact: its
+/// conntrack entry lives in the kernel (design.md fact 7).
+#[test]
+fn download_survives_sigkill() {
+    require_root();
+    let lab = Lab::up();
+    let mut d = lab.nfvs().start().unwrap();
+    let out = tmp_dir().join(format!("{}-kill.bin", lab.prefix()));
+    let mut curl = start_download(&lab, &out);
+    wait_started(&out);
+    d.signal(libc::SIGKILL).unwrap();
+    d.wait().unwrap();
+    let status = curl.wait().unwrap();
+    assert!(status.success(), "curl failed: {status}");
+    assert_eq!(sha256_file(&out), lab.big_bin_sha256());
+    let _ = std::fs::remove_file(&out);
+    // New connections still work after a restart on top of the crashed run's table.
+    let _d2 = lab.nfvs().start().unwrap();
+    rs_of(&lab.client_curl_vip().unwrap());
+}
+
+/// Issue 2, test 2b: a download running across a SIGTERM stop completes intact; the daemon
+/// stops taking new connections at once, lets the running flows finish, then removes its
+/// table, restores the sysctls and exits 0.
+#[test]
+fn download_survives_sigterm_stop() {
+    require_root();
+    let lab = Lab::up();
+    let mut d = lab.nfvs().start().unwrap();
+    let out = tmp_dir().join(format!("{}-term.bin", lab.prefix()));
+    let mut curl = start_download(&lab, &out);
+    wait_started(&out);
+    d.signal(libc::SIGTERM).unwrap();
+    let status = curl.wait().unwrap();
+    assert!(status.success(), "curl failed: {status}\nnfvs log:\n{}", d.log());
+    assert_eq!(sha256_file(&out), lab.big_bin_sha256());
+    let _ = std::fs::remove_file(&out);
+    let exit = d.wait_timeout(Duration::from_secs(20)).unwrap().expect("nfvs did not exit after SIGTERM");
+    assert!(exit.success(), "{exit}\n{}", d.log());
+    assert!(!nft_tables(&lab).contains("nfvs"));
+    assert_eq!(lab.sysctl(Role::Director, "net.ipv4.ip_forward"), "0");
+}
+
+/// Connects from a fixed local port, sends an HTTP/1.0 request (the server closes first, so the
+/// client holds no TIME_WAIT: design.md fact 6), reads to EOF and returns the body.
+fn get_from_port(local_port: u16) -> std::io::Result<String> {
+    // SAFETY: plain socket calls on a descriptor this function owns; on success it is handed to
+    // TcpStream, which closes it.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let to_sa = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let local = to_sa(SocketAddrV4::new(CLIENT_IP, local_port));
+    let remote = to_sa(SocketAddrV4::new(VIP, 80));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const libc::c_void, 4);
+        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")?;
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp)?;
+    Ok(resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+/// Issue 2, test 3: 200 connections in a row from one client source port all succeed and keep
+/// alternating, although the previous entry of the same tuple is in TIME_WAIT each time.
+#[test]
+fn source_port_reuse_200() {
+    require_root();
+    let lab = Lab::up();
+    let d = lab.nfvs().start().unwrap();
+    let got: Vec<Result<String, String>> = lab.in_ns(Role::Client, || {
+        (0..200).map(|_| get_from_port(40000).map(|b| rs_of(&b)).map_err(|e| e.to_string())).collect()
+    });
+    for (i, r) in got.iter().enumerate() {
+        let want = if i % 2 == 0 { RS2 } else { RS1 }.to_string();
+        assert_eq!(r.as_ref(), Ok(&want), "connection {i}; nfvs log:\n{}", d.log());
+    }
+}
+
+/// Issue 2, test 4: nfvs touches nothing but its own table, and its sysctls are restored, also
+/// after a SIGKILL, a restart and a clean stop.
+#[test]
+fn foreign_rules_untouched_and_sysctls_restored() {
+    require_root();
+    let lab = Lab::up();
+    // Someone else's firewall: an nft table and an iptables-nft nat rule.
+    let dir = Role::Director;
+    lab.exec_ok(dir, &["nft", "add", "table", "inet", "filter"]);
+    lab.exec_ok(dir, &["nft", "add", "chain", "inet", "filter", "input", "{ type filter hook input priority 0; policy accept; }"]);
+    lab.exec_ok(dir, &["nft", "add", "rule", "inet", "filter", "input", "tcp", "dport", "22", "counter", "accept"]);
+    lab.exec_ok(dir, &["iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "10.9.0.0/16", "-j", "MASQUERADE"]);
+    lab.exec_ok(dir, &["sysctl", "-w", "net.ipv4.conf.all.send_redirects=1", "net.ipv4.conf.ens33.send_redirects=1"]);
+    let before = lab.exec_ok(dir, &["nft", "list", "ruleset"]);
+    let sysctls = ["net.ipv4.ip_forward", "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.default.send_redirects", "net.ipv4.conf.ens33.send_redirects", "net.ipv4.conf.ens37.send_redirects"];
+    let sys_before: Vec<String> = sysctls.iter().map(|k| lab.sysctl(dir, k)).collect();
+
+    let mut d = lab.nfvs().start().unwrap();
+    assert_eq!(lab.sysctl(dir, "net.ipv4.ip_forward"), "1");
+    assert_eq!(lab.sysctl(dir, "net.ipv4.conf.ens33.send_redirects"), "0");
+    rs_of(&lab.client_curl_vip().unwrap());
+    // Crash, restart, clean stop.
+    d.signal(libc::SIGKILL).unwrap();
+    d.wait().unwrap();
+    let mut d = lab.nfvs().start().unwrap();
+    rs_of(&lab.client_curl_vip().unwrap());
+    d.signal(libc::SIGTERM).unwrap();
+    let exit = d.wait_timeout(Duration::from_secs(20)).unwrap().expect("nfvs did not stop");
+    assert!(exit.success(), "{exit}");
+
+    assert_eq!(lab.exec_ok(dir, &["nft", "list", "ruleset"]), before);
+    let sys_after: Vec<String> = sysctls.iter().map(|k| lab.sysctl(dir, k)).collect();
+    assert_eq!(sys_after, sys_before);
+}
+
+/// Runs `nfvs run` on a rules file in the director; returns (success, stderr).
+fn run_with_rules(lab: &Lab, name: &str, text: &str) -> (bool, String) {
+    let path = tmp_dir().join(format!("{}-{name}.rules", lab.prefix()));
+    std::fs::write(&path, text).unwrap();
+    let out = lab
+        .command(Role::Director, nfvs_bin())
+        .args(["run", "--rules"])
+        .arg(&path)
+        .args(["--masquerade", RS_NET])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue 2, test 5: bad rules files are refused with an error naming the line, and nothing is
+/// left behind.
+#[test]
+fn bad_rules_files_name_the_line_and_install_nothing() {
+    require_root();
+    let lab = Lab::up();
+    let svc = "-A -t 192.168.199.200:80 -s wrr\n";
+    let cases = [
+        ("unknown-option", format!("{svc}-a -t 192.168.199.200:80 -r 192.168.226.130:80 -m -w 1 --bogus\n"), ":2: --bogus: unknown option"),
+        ("bad-address", format!("{svc}-a -t 192.168.199.200:80 -r 192.168.226.300:80 -m\n"), ":2: illegal real server address"),
+        ("rs-before-service", format!("-a -t 192.168.199.200:80 -r 192.168.226.130:80 -m\n{svc}"), ":1: Service not defined"),
+        ("duplicate-service", format!("{svc}-A -t 192.168.199.200:80 -s rr\n"), ":2: Service already exists"),
+    ];
+    for (name, text, want) in cases {
+        let (ok, stderr) = run_with_rules(&lab, name, &text);
+        assert!(!ok, "{name}: nfvs accepted the file");
+        assert!(stderr.contains(want), "{name}: stderr {stderr:?} lacks {want:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{name}: one error line expected: {stderr:?}");
+        assert!(!nft_tables(&lab).contains("nfvs"), "{name}: table left behind");
+        assert_eq!(lab.sysctl(Role::Director, "net.ipv4.ip_forward"), "0", "{name}: sysctl changed");
+    }
+}
+
+/// Without root, one line says which privilege is missing.
+#[test]
+fn not_root_says_what_is_missing() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(nfvs_bin())
+        .args(["run", "--rules"])
+        .arg(lab_rules())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("root") && err.contains("CAP_NET_ADMIN"), "{err}");
+}
+
