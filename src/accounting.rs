@@ -1,25 +1,37 @@
-//! Active/inactive connection counts per real server, as IPVS keeps them, driven by what
-//! conntrack reports about the entries nfvs created (lvs-semantics.md §3).
+//! Active/inactive connection counts and traffic counters per real server, as IPVS keeps
+//! them, driven by what conntrack reports about the entries nfvs created
+//! (lvs-semantics.md §3).
 //!
 //! IPVS counts a new TCP connection active as soon as it is scheduled (its SYN moves it to
 //! SYN_RECV), moves it to inactive at the first FIN or RST, and forgets it when the entry
 //! expires. Conntrack's states map onto that split (§3.3): SYN_SENT, SYN_SENT2, SYN_RECV and
-//! ESTABLISHED are active; FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE and NONE are
-//! inactive; DESTROY removes the connection.
+//! ESTABLISHED are active; FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT and CLOSE are inactive;
+//! DESTROY removes the connection. An entry nfvs creates starts in conntrack's NONE state and
+//! moves to SYN_SENT when the accepted SYN passes, so NONE (a SYN in flight) counts active.
 //!
-//! Pure logic: the daemon feeds it events (and a dump on start) and it edits the counters of
-//! the [`Table`]'s destinations, keeping the threshold (OVERLOAD) flags up to date.
+//! Events carry the entry's conntrack id. When a client reuses a source port, nfvs deletes the
+//! old entry and creates a new one for the same tuple; the old entry's late events (its
+//! DESTROY above all) must not touch the new connection, so each connection remembers its own
+//! id (learnt from its NEW event) and the id of the entry it replaced.
+//!
+//! Pure logic: the daemon feeds it events and dumps, and it edits the counters of the
+//! [`Table`]'s destinations, keeping the threshold (OVERLOAD) flags up to date.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::time::Duration;
 
-use crate::kernel::conntrack::TcpState;
+use crate::kernel::conntrack::{CtEntry, TcpState};
 use crate::nat::Tuple;
+use crate::persist::TemplateId;
 use crate::service::{DestId, Protocol, ServiceKey, Table};
+use crate::stats::Counters;
 
 /// Whether a conntrack TCP state counts as an active IPVS connection.
 pub fn is_active(state: Option<TcpState>) -> bool {
-    matches!(state, Some(TcpState::SynSent | TcpState::SynSent2 | TcpState::SynRecv | TcpState::Established))
+    matches!(
+        state,
+        Some(TcpState::None | TcpState::SynSent | TcpState::SynSent2 | TcpState::SynRecv | TcpState::Established)
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +39,47 @@ struct Conn {
     svc: ServiceKey,
     dest: DestId,
     active: bool,
+    /// The conntrack id of this connection's entry, once an event or dump told it.
+    id: Option<u32>,
+    /// The id of the entry this connection replaced (a reused source port): its events are
+    /// ignored.
+    replaced: Option<u32>,
+    /// Packet/byte counters already accounted to the statistics.
+    sampled: Counters,
+    /// The persistence template controlling the connection.
+    template: Option<TemplateId>,
+}
+
+/// Traffic to account to a service and one of its real servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delta {
+    pub svc: ServiceKey,
+    pub dest: DestId,
+    pub counters: Counters,
 }
 
 /// The connections nfvs balanced and still tracks, by original tuple.
 #[derive(Debug, Default)]
 pub struct Conns {
     map: HashMap<Tuple, Conn>,
+}
+
+/// In/out packets and bytes of an entry (In = client to server), without `conns`.
+fn traffic(e: &CtEntry) -> Counters {
+    let (o, r) = (e.counters_orig.unwrap_or_default(), e.counters_reply.unwrap_or_default());
+    Counters { conns: 0, inpkts: o.packets, outpkts: r.packets, inbytes: o.bytes, outbytes: r.bytes }
+}
+
+fn since(now: &Counters, before: &Counters) -> Counters {
+    // Counters only grow; a smaller value means a different entry: count it whole.
+    let d = |n: u64, b: u64| n.checked_sub(b).unwrap_or(n);
+    Counters {
+        conns: 0,
+        inpkts: d(now.inpkts, before.inpkts),
+        outpkts: d(now.outpkts, before.outpkts),
+        inbytes: d(now.inbytes, before.inbytes),
+        outbytes: d(now.outbytes, before.outbytes),
+    }
 }
 
 impl Conns {
@@ -49,49 +96,106 @@ impl Conns {
     }
 
     /// A connection nfvs just scheduled and created: active at once, as IPVS counts it.
-    pub fn scheduled(&mut self, table: &mut Table, orig: Tuple, svc: ServiceKey, dest: DestId) {
-        if let Some(old) = self.map.insert(orig, Conn { svc, dest, active: true }) {
-            // The tuple was tracked (a reused port whose old entry we deleted): forget it.
+    /// `replaced` is the id of an old entry of the same tuple that nfvs deleted first.
+    pub fn scheduled(
+        &mut self,
+        table: &mut Table,
+        orig: Tuple,
+        svc: ServiceKey,
+        dest: DestId,
+        replaced: Option<u32>,
+        template: Option<TemplateId>,
+    ) {
+        let c = Conn { svc, dest, active: true, id: None, replaced, sampled: Counters::default(), template };
+        if let Some(old) = self.map.insert(orig, c) {
             unbind(table, &old);
         }
-        bind(table, &Conn { svc, dest, active: true });
-    }
-
-    /// A NEW or UPDATE event, or an entry found in a dump, for an entry carrying our mark.
-    /// `orig` is the client's tuple (dst = VIP), `rs` the real server it was sent to (the reply
-    /// tuple's source).
-    pub fn seen(&mut self, table: &mut Table, orig: Tuple, rs: (Ipv4Addr, u16), state: Option<TcpState>) {
-        let active = orig.proto == 6 && is_active(state);
-        if let Some(c) = self.map.get_mut(&orig) {
-            if c.active != active {
-                let before = *c;
-                c.active = active;
-                let after = *c;
-                move_state(table, &before, &after);
-            }
-            return;
-        }
-        // Unknown: created by an earlier run of the daemon (a dump on start) or its NEW event
-        // came after our own bookkeeping was reset. Find its service and server.
-        let proto = if orig.proto == 6 { Protocol::Tcp } else { Protocol::Udp };
-        let svc = ServiceKey { proto, addr: orig.dst, port: orig.dport };
-        let Some(s) = table.services().iter().find(|s| s.key() == svc) else { return };
-        let Some(i) = s.dest_index(rs.0, rs.1) else { return };
-        let c = Conn { svc, dest: s.dests[i].id, active };
-        self.map.insert(orig, c);
         bind(table, &c);
     }
 
-    /// A DESTROY event: the entry expired or was deleted.
-    pub fn destroyed(&mut self, table: &mut Table, orig: &Tuple) {
-        if let Some(c) = self.map.remove(orig) {
-            unbind(table, &c);
+    /// A NEW or UPDATE event, or an entry found in a dump, for an entry carrying our mark.
+    pub fn seen(&mut self, table: &mut Table, e: &CtEntry) {
+        let active = e.orig.proto == 6 && is_active(e.tcp_state);
+        if let Some(c) = self.map.get_mut(&e.orig) {
+            if e.id.is_some() && e.id == c.replaced {
+                return;
+            }
+            if c.id.is_none() {
+                c.id = e.id;
+            }
+            if c.active != active {
+                c.active = active;
+                let c = *c;
+                move_state(table, &c);
+            }
+            return;
+        }
+        // Unknown: created by an earlier run of the daemon (found by the dump on start). Its
+        // service is the VIP it was sent to, its server the reply tuple's source (fact 1).
+        let proto = if e.orig.proto == 6 { Protocol::Tcp } else { Protocol::Udp };
+        let svc = ServiceKey { proto, addr: e.orig.dst, port: e.orig.dport };
+        let Some(s) = table.services().iter().find(|s| s.key() == svc) else { return };
+        let Some(i) = s.dest_index(e.reply.src, e.reply.sport) else { return };
+        let c = Conn { svc, dest: s.dests[i].id, active, id: e.id, replaced: None, sampled: traffic(e), template: None };
+        self.map.insert(e.orig, c);
+        bind(table, &c);
+    }
+
+    /// A DESTROY event: the entry expired or was deleted. Returns the traffic not yet
+    /// accounted. `now` is the daemon's clock, for the persistence template it releases.
+    pub fn destroyed(&mut self, table: &mut Table, e: &CtEntry, now: Duration) -> Option<Delta> {
+        let c = self.map.get_mut(&e.orig)?;
+        if e.id.is_some() && e.id == c.replaced {
+            c.replaced = None;
+            return None;
+        }
+        if c.id.is_some() && e.id.is_some() && c.id != e.id {
+            return None;
+        }
+        let c = self.map.remove(&e.orig)?;
+        unbind(table, &c);
+        if let (Some(t), Some(s)) = (c.template, table.service_mut(&c.svc)) {
+            s.release_template(t, now);
+        }
+        Some(Delta { svc: c.svc, dest: c.dest, counters: since(&traffic(e), &c.sampled) })
+    }
+
+    /// Traffic of live entries since the last sample (from a periodic dump).
+    pub fn sample(&mut self, entries: &[CtEntry]) -> Vec<Delta> {
+        let mut out = Vec::new();
+        for e in entries {
+            let Some(c) = self.map.get_mut(&e.orig) else { continue };
+            if e.id.is_some() && (e.id == c.replaced || (c.id.is_some() && c.id != e.id)) {
+                continue;
+            }
+            let now = traffic(e);
+            let d = since(&now, &c.sampled);
+            c.sampled = now;
+            if d != Counters::default() {
+                out.push(Delta { svc: c.svc, dest: c.dest, counters: d });
+            }
+        }
+        out
+    }
+
+    /// Forgets everything and rebuilds from a dump (after events were lost).
+    pub fn rebuild(&mut self, table: &mut Table, entries: &[CtEntry]) {
+        for c in std::mem::take(&mut self.map).values() {
+            unbind(table, c);
+        }
+        for e in entries {
+            self.seen(table, e);
         }
     }
 
-    /// Connections of a real server (for `--expire-nodest` and draining).
+    /// Tuples of a real server's connections (for `--expire-nodest`).
     pub fn of_dest(&self, dest: DestId) -> Vec<Tuple> {
         self.map.iter().filter(|(_, c)| c.dest == dest).map(|(t, _)| *t).collect()
+    }
+
+    /// Forgets the connections of a deleted real server (their counters went with it).
+    pub fn forget_dest(&mut self, dest: DestId) {
+        self.map.retain(|_, c| c.dest != dest);
     }
 }
 
@@ -121,15 +225,16 @@ fn unbind(table: &mut Table, c: &Conn) {
     }
 }
 
-/// Active <-> inactive: the total the thresholds look at does not change.
-fn move_state(table: &mut Table, before: &Conn, _after: &Conn) {
-    if let Some(d) = dest_mut(table, before) {
-        if before.active {
-            d.active = d.active.saturating_sub(1);
-            d.inactive += 1;
-        } else {
+/// Active <-> inactive (`c.active` is the new state): the total the thresholds look at does
+/// not change.
+fn move_state(table: &mut Table, c: &Conn) {
+    if let Some(d) = dest_mut(table, c) {
+        if c.active {
             d.inactive = d.inactive.saturating_sub(1);
             d.active += 1;
+        } else {
+            d.active = d.active.saturating_sub(1);
+            d.inactive += 1;
         }
     }
 }
@@ -138,6 +243,8 @@ fn move_state(table: &mut Table, before: &Conn, _after: &Conn) {
 mod tests {
     use super::*;
     use crate::config::parse_rules;
+    use std::net::Ipv4Addr;
+    use crate::kernel::conntrack::Counters as CtCounters;
 
     const LAB: &str = "-A -t 192.168.199.200:80 -s wlc\n\
         -a -t 192.168.199.200:80 -r 192.168.226.130:80 -m -w 1\n\
@@ -145,6 +252,22 @@ mod tests {
 
     fn tuple(port: u16) -> Tuple {
         Tuple { src: Ipv4Addr::new(192, 168, 199, 1), dst: Ipv4Addr::new(192, 168, 199, 200), sport: port, dport: 80, proto: 6 }
+    }
+
+    fn entry(port: u16, rs: u8, state: TcpState, id: u32, pkts: u64) -> CtEntry {
+        let orig = tuple(port);
+        let reply = Tuple { src: Ipv4Addr::new(192, 168, 226, rs), sport: 80, dst: orig.src, dport: orig.sport, proto: 6 };
+        CtEntry {
+            orig,
+            reply,
+            mark: 1,
+            status: 0,
+            tcp_state: Some(state),
+            id: Some(id),
+            timeout: Some(100),
+            counters_orig: Some(CtCounters { packets: pkts, bytes: pkts * 100 }),
+            counters_reply: Some(CtCounters { packets: pkts, bytes: pkts * 1000 }),
+        }
     }
 
     fn counts(t: &Table) -> Vec<(u32, u32)> {
@@ -157,18 +280,20 @@ mod tests {
         let svc = t.services()[0].key();
         let d131 = t.services()[0].dests[0].id;
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(1000), svc, d131);
+        c.scheduled(&mut t, tuple(1000), svc, d131, None, None);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
-        // The NEW event of our own entry and the handshake change nothing.
-        let rs = (Ipv4Addr::new(192, 168, 226, 131), 80);
-        c.seen(&mut t, tuple(1000), rs, Some(TcpState::SynSent));
-        c.seen(&mut t, tuple(1000), rs, Some(TcpState::Established));
+        // Our entry's NEW event (state NONE) and the handshake change nothing.
+        c.seen(&mut t, &entry(1000, 131, TcpState::None, 9, 0));
+        c.seen(&mut t, &entry(1000, 131, TcpState::SynSent, 9, 1));
+        c.seen(&mut t, &entry(1000, 131, TcpState::Established, 9, 2));
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
-        // First FIN: inactive; TIME_WAIT stays inactive; DESTROY forgets it.
-        c.seen(&mut t, tuple(1000), rs, Some(TcpState::FinWait));
-        c.seen(&mut t, tuple(1000), rs, Some(TcpState::TimeWait));
+        // First FIN: inactive; TIME_WAIT stays inactive; DESTROY forgets it and reports its
+        // traffic.
+        c.seen(&mut t, &entry(1000, 131, TcpState::FinWait, 9, 5));
+        c.seen(&mut t, &entry(1000, 131, TcpState::TimeWait, 9, 6));
         assert_eq!(counts(&t), [(0, 1), (0, 0)]);
-        c.destroyed(&mut t, &tuple(1000));
+        let d = c.destroyed(&mut t, &entry(1000, 131, TcpState::TimeWait, 9, 7), Duration::ZERO).unwrap();
+        assert_eq!((d.dest, d.counters.inpkts, d.counters.outbytes), (d131, 7, 7000));
         assert_eq!(counts(&t), [(0, 0), (0, 0)]);
         assert!(c.is_empty());
     }
@@ -177,24 +302,49 @@ mod tests {
     fn dump_on_restart_rebuilds_counts() {
         let mut t = parse_rules(LAB, "t").unwrap();
         let mut c = Conns::new();
-        c.seen(&mut t, tuple(1), (Ipv4Addr::new(192, 168, 226, 130), 80), Some(TcpState::Established));
-        c.seen(&mut t, tuple(2), (Ipv4Addr::new(192, 168, 226, 130), 80), Some(TcpState::TimeWait));
-        c.seen(&mut t, tuple(3), (Ipv4Addr::new(192, 168, 226, 131), 80), Some(TcpState::SynSent));
+        c.seen(&mut t, &entry(1, 130, TcpState::Established, 1, 0));
+        c.seen(&mut t, &entry(2, 130, TcpState::TimeWait, 2, 0));
+        c.seen(&mut t, &entry(3, 131, TcpState::SynSent, 3, 0));
         // A server that is not (or no longer) in the table is ignored.
-        c.seen(&mut t, tuple(4), (Ipv4Addr::new(192, 168, 226, 199), 80), Some(TcpState::Established));
+        c.seen(&mut t, &entry(4, 199, TcpState::Established, 4, 0));
         assert_eq!(counts(&t), [(1, 0), (1, 1)]);
         assert_eq!(c.len(), 3);
+        c.rebuild(&mut t, &[entry(3, 131, TcpState::Established, 3, 0)]);
+        assert_eq!(counts(&t), [(1, 0), (0, 0)]);
     }
 
     #[test]
-    fn reused_port_replaces_the_old_connection() {
+    fn reused_port_ignores_the_old_entry_events() {
         let mut t = parse_rules(LAB, "t").unwrap();
         let svc = t.services()[0].key();
         let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(7), svc, a);
-        c.seen(&mut t, tuple(7), (Ipv4Addr::new(192, 168, 226, 131), 80), Some(TcpState::TimeWait));
-        c.scheduled(&mut t, tuple(7), svc, b);
+        c.scheduled(&mut t, tuple(7), svc, a, None, None);
+        c.seen(&mut t, &entry(7, 131, TcpState::TimeWait, 70, 3));
+        // The client reuses port 7: nfvs deletes entry 70 and creates a new one on .130.
+        c.scheduled(&mut t, tuple(7), svc, b, Some(70), None);
         assert_eq!(counts(&t), [(0, 0), (1, 0)]);
+        // Late events of entry 70 (its DESTROY from the delete) do not touch the new one.
+        c.seen(&mut t, &entry(7, 131, TcpState::Close, 70, 3));
+        assert!(c.destroyed(&mut t, &entry(7, 131, TcpState::Close, 70, 3), Duration::ZERO).is_none());
+        assert_eq!(counts(&t), [(0, 0), (1, 0)]);
+        c.seen(&mut t, &entry(7, 130, TcpState::SynSent, 71, 1));
+        assert!(c.destroyed(&mut t, &entry(7, 130, TcpState::Close, 71, 2), Duration::ZERO).is_some());
+        assert_eq!(counts(&t), [(0, 0), (0, 0)]);
+    }
+
+    #[test]
+    fn samples_report_only_new_traffic() {
+        let mut t = parse_rules(LAB, "t").unwrap();
+        let svc = t.services()[0].key();
+        let a = t.services()[0].dests[0].id;
+        let mut c = Conns::new();
+        c.scheduled(&mut t, tuple(9), svc, a, None, None);
+        c.seen(&mut t, &entry(9, 131, TcpState::Established, 90, 1));
+        let d = c.sample(&[entry(9, 131, TcpState::Established, 90, 4)]);
+        assert_eq!(d[0].counters.inpkts, 4);
+        assert!(c.sample(&[entry(9, 131, TcpState::Established, 90, 4)]).is_empty());
+        let d = c.destroyed(&mut t, &entry(9, 131, TcpState::TimeWait, 90, 6), Duration::ZERO).unwrap();
+        assert_eq!((d.counters.inpkts, d.counters.inbytes), (2, 200));
     }
 }

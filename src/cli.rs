@@ -34,6 +34,12 @@ pub struct TableArgs {
     /// SCHED`, `-a -t VIP:PORT -r RIP:PORT -m -w W`); `#` starts a comment.
     #[arg(long, value_name = "FILE")]
     pub rules: PathBuf,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NetArgs {
     /// Add a MASQUERADE rule for traffic from this source network (the real servers' subnet,
     /// as the seed's `iptables -t nat -A POSTROUTING -s CIDR -j MASQUERADE`). Repeatable.
     #[arg(long, value_name = "CIDR")]
@@ -51,8 +57,21 @@ pub enum Command {
     /// ip_forward=1 and send_redirects=0 (restored on exit, even after a crash and restart),
     /// and logs one line per new-connection decision. RUST_LOG=debug shows more.
     Run {
+        /// ipvsadm commands, one per line, as `ipvsadm -S -n` prints them; re-read on SIGHUP
+        /// (only the differences are applied). Without it nfvs starts with no services and
+        /// waits for `nfvs adm` / `ipvsadm` commands.
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
         #[command(flatten)]
-        table: TableArgs,
+        net: NetArgs,
+        /// The control socket `nfvs adm` and `ipvsadm` talk to [default:
+        /// /run/nfvs/control-netns-<inode of this network namespace>.sock].
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// Deleting a real server deletes its connections at once, like IPVS's
+        /// expire_nodest_conn; by default they finish undisturbed (the server drains).
+        #[arg(long)]
+        expire_nodest: bool,
         /// Where the sysctl values nfvs replaced are kept until its clean stop.
         #[arg(long, value_name = "DIR", default_value = crate::kernel::sysctl::STATE_DIR)]
         state_dir: PathBuf,
@@ -80,6 +99,20 @@ pub enum Command {
         /// The rules file to check.
         #[arg(long, value_name = "FILE")]
         rules: PathBuf,
+    },
+    /// Talk to the running daemon in ipvsadm's language: `nfvs adm -L -n`, `nfvs adm -a -t
+    /// VIP:80 -r RIP:80 -m -w 2`, `nfvs adm -S -n`, `nfvs adm -R < saved`.
+    ///
+    /// Output and exit status are ipvsadm's. A symlink named `ipvsadm` to the nfvs binary
+    /// behaves as `nfvs adm`, so existing scripts run unchanged. `nfvs adm -h` lists every
+    /// command and option.
+    Adm {
+        /// The daemon's control socket [default: the one of this network namespace].
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// ipvsadm arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IPVSADM ARGS")]
+        args: Vec<String>,
     },
 }
 

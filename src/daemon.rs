@@ -1,30 +1,41 @@
-//! The one place that wires the pure core (config, services, schedulers, packet parsing) to
-//! the kernel edges (NFQUEUE, ctnetlink, nftables, sysctls).
+//! The one place that wires the pure core (config, services, schedulers, accounting, listings)
+//! to the kernel edges (NFQUEUE, ctnetlink, nftables, sysctls).
 //!
 //! Start-up order matters (design.md): everything that can be checked without side effects is
 //! checked first (rules file, privileges); the queue is bound and configured before the divert
 //! rule exists (fact 9); sysctls are recorded before they are changed; the table goes in last,
 //! in one atomic batch. Whatever fails half-way is undone before the error is returned.
+//!
+//! Threads, all sharing one [`State`] behind a mutex:
+//! - the packet loop (the caller's thread): one scheduling decision per queued SYN;
+//! - `ct-events`: conntrack NEW/UPDATE/DESTROY events of our entries -> connection counters;
+//! - `ticker`: every 2 s, samples traffic counters (rates) and expires persistence templates;
+//! - `control`: the `nfvs adm` / `ipvsadm` socket;
+//! - `signals`: SIGTERM/SIGINT (graceful stop) and SIGHUP (reload the rules file).
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use log::{debug, info, warn};
 
-use crate::config;
-use crate::kernel::conntrack::{Conntrack, CtError, TcpState};
+use crate::accounting::Conns;
+use crate::config::{self, Command, ListWhat};
+use crate::control::{self, Reply, Request};
+use crate::kernel::conntrack::{Conntrack, CtError, CtEventKind, CtEvents, TcpState};
 use crate::kernel::nfqueue::{Queue, QueueConfig, Verdict};
-use crate::kernel::nftables;
-use crate::kernel::sysctl::Sysctl;
+use crate::kernel::nftables::{self, QueueImpl};
+use crate::kernel::sysctl::{Setting, Sysctl};
+use crate::listing::{self, ConnRow, PortNames};
 use crate::nat::CtMapping;
 use crate::packet::{self, FlowKey};
 use crate::ruleset::{Cidr, Divert, QueueSpec, Ruleset};
-use crate::sched::Request;
+use crate::sched::Request as SchedRequest;
 use crate::service::{Protocol, ServiceKey, Table};
+use crate::stats::{Counters, StatsTable, ESTIMATOR_INTERVAL};
 
 /// The conntrack mark nfvs puts on the entries it creates ("nfvs" in ASCII), so it can find
 /// them in dumps and events. Changeable with `--ct-mark` where it clashes with a firewall's
@@ -34,19 +45,25 @@ pub const DEFAULT_CT_MARK: u32 = 0x6e66_7673;
 /// Everything `nfvs run` needs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub rules: PathBuf,
+    /// The rules file; without one the daemon starts with an empty table and waits for
+    /// `nfvs adm` / `ipvsadm` commands.
+    pub rules: Option<PathBuf>,
     pub masquerade: Vec<Cidr>,
     pub queue: u16,
     pub state_dir: PathBuf,
+    pub control: PathBuf,
     pub ct_mark: u32,
     /// Accept SYNs unbalanced instead of dropping them when the queue is full.
     pub fail_open: bool,
     /// How long a SIGTERM/SIGINT stop waits for running connections before it cuts them.
     pub drain_timeout: Duration,
+    /// Deleting a real server deletes its connections at once (IPVS's expire_nodest_conn)
+    /// instead of letting them finish.
+    pub expire_nodest: bool,
 }
 
 /// The wanted ruleset for a table of services.
-pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16) -> anyhow::Result<Ruleset> {
+pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16) -> Ruleset {
     let diverts = table
         .services()
         .iter()
@@ -55,16 +72,12 @@ pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16) -> anyhow::Re
             Divert { proto: k.proto, vip: k.addr, port: k.port }
         })
         .collect();
-    Ok(Ruleset {
-        queue: QueueSpec { num: queue, total: 1, bypass: false, fanout: false },
-        diverts,
-        masquerade: masquerade.to_vec(),
-    })
+    Ruleset { queue: QueueSpec { num: queue, total: 1, bypass: false, fanout: false }, diverts, masquerade: masquerade.to_vec() }
 }
 
-/// Counters of what the packet loop did, for logs and `nfvs adm` later.
+/// Counters of what the packet loop did.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub struct LoopStats {
     pub scheduled: AtomicU64,
     pub retransmits: AtomicU64,
     pub reused_ports: AtomicU64,
@@ -74,14 +87,59 @@ pub struct Stats {
     pub ct_errors: AtomicU64,
 }
 
+/// Everything the threads share.
+pub struct State {
+    pub table: Table,
+    pub conns: Conns,
+    pub stats: StatsTable,
+    /// The service keys the installed divert rules match.
+    installed: Vec<ServiceKey>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    opts: RunOptions,
+    cleanup: Mutex<Cleanup>,
+    qimpl: QueueImpl,
+    start: Instant,
+    loop_stats: LoopStats,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Re-installs the table when the set of services changed (one atomic batch; the nat
+    /// chains are replaced in the same transaction, so NAT stays registered for running
+    /// flows).
+    fn sync_rules(&self, st: &mut State) -> anyhow::Result<()> {
+        let keys: Vec<ServiceKey> = st.table.services().iter().map(|s| s.key()).collect();
+        if keys == st.installed {
+            return Ok(());
+        }
+        nftables::apply(&ruleset_for(&st.table, &self.opts.masquerade, self.opts.queue), self.qimpl)?;
+        st.installed = keys;
+        Ok(())
+    }
+}
+
 /// Undoes what start-up did, in reverse order; used on every exit path.
 struct Cleanup {
     sysctl: Option<Sysctl>,
     table_installed: bool,
+    control: Option<PathBuf>,
 }
 
 impl Cleanup {
     fn run(&mut self) {
+        if let Some(p) = self.control.take() {
+            let _ = std::fs::remove_file(p);
+        }
         if self.table_installed {
             match nftables::remove() {
                 Ok(_) => info!("removed table ip {}", crate::ruleset::TABLE),
@@ -127,142 +185,144 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
+/// The sysctls nfvs sets: the seed's director settings, plus conntrack accounting (packet and
+/// byte counters for `--stats`).
+fn wanted_sysctls(s: &Sysctl) -> anyhow::Result<Vec<Setting>> {
+    let mut w = s.director_settings()?;
+    w.push(Setting::new("net/netfilter/nf_conntrack_acct", "1"));
+    Ok(w)
+}
+
 /// Runs the director until SIGINT/SIGTERM. Returns only on a start-up or fatal error (after
 /// undoing what it had done); a signal ends the process with exit status 0 after clean-up.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
-    let table = config::load_rules(&opts.rules)?;
-    let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue)?;
+    let table = match &opts.rules {
+        Some(p) => config::load_rules(p)?,
+        None => Table::new(),
+    };
+    let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue);
+    ruleset.validate()?;
     check_root()?;
 
     let sigset = block_signals();
-    let cleanup = Arc::new(Mutex::new(Cleanup { sysctl: None, table_installed: false }));
-    let draining = Ruleset { diverts: Vec::new(), ..ruleset.clone() };
-    spawn_signal_thread(
-        sigset,
-        Stopper { cleanup: cleanup.clone(), draining, mark: opts.ct_mark, drain_timeout: opts.drain_timeout },
-    );
-
-    let result = start_and_serve(&opts, table, &ruleset, &cleanup);
+    let cleanup = Mutex::new(Cleanup { sysctl: None, table_installed: false, control: None });
+    let result = start(opts, table, &ruleset, cleanup, sigset);
     // Only reached on error: a signal exits from the signal thread.
-    cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
-    result
-}
-
-/// What the signal thread needs to stop the daemon gracefully.
-struct Stopper {
-    cleanup: Arc<Mutex<Cleanup>>,
-    /// The installed ruleset minus its divert rules: new connections stop being balanced while
-    /// the NAT chains (which keep NAT active for running flows, design.md fact 2) stay.
-    draining: Ruleset,
-    mark: u32,
-    drain_timeout: Duration,
-}
-
-impl Stopper {
-    /// Stops taking new connections, waits (bounded) for the flows nfvs balanced to finish,
-    /// then removes the table and restores the sysctls. Restoring ip_forward=0 or removing the
-    /// last nat chain cuts running flows, so both wait for the drain. A second signal during
-    /// the wait stops at once.
-    fn stop(&self, set: &libc::sigset_t) {
-        let installed = self.cleanup.lock().unwrap_or_else(|e| e.into_inner()).table_installed;
-        if installed && !self.drain_timeout.is_zero() {
-            match nftables::detect_queue_impl().and_then(|q| nftables::apply(&self.draining, q)) {
-                Ok(()) => self.drain(set),
-                Err(e) => warn!("could not remove the divert rules before draining: {e}"),
-            }
-        }
-        self.cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
-        info!("stopped");
-        std::process::exit(0);
+    if let Err((e, cleanup)) = result {
+        cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
+        return Err(e);
     }
-
-    fn drain(&self, set: &libc::sigset_t) {
-        let deadline = Instant::now() + self.drain_timeout;
-        let mut ct = match Conntrack::open() {
-            Ok(c) => c,
-            Err(e) => return warn!("cannot watch running connections ({e}); stopping now"),
-        };
-        let mut announced = false;
-        loop {
-            let live = match ct.dump(self.mark, u32::MAX) {
-                Ok(entries) => entries.iter().filter(|e| e.tcp_state.is_some_and(|s| !matches!(s, TcpState::TimeWait | TcpState::Close))).count(),
-                Err(e) => return warn!("cannot list running connections ({e}); stopping now"),
-            };
-            if live == 0 {
-                return;
-            }
-            if !announced {
-                info!(
-                    "draining: no new connections; waiting up to {}s for {live} running connection(s) to finish \
-                     (signal again to stop now)",
-                    self.drain_timeout.as_secs()
-                );
-                announced = true;
-            }
-            if Instant::now() >= deadline {
-                return warn!("drain timeout: {live} connection(s) still running will be cut");
-            }
-            let ts = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
-            // SAFETY: valid signal set and timeout; a null siginfo pointer is allowed.
-            if unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) } > 0 {
-                return info!("second signal: stopping now");
-            }
-        }
-    }
+    Ok(())
 }
 
-fn spawn_signal_thread(set: libc::sigset_t, stopper: Stopper) {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is a valid, initialised signal set; `sig` is a valid out pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-                continue;
-            }
-            match sig {
-                libc::SIGHUP => info!("SIGHUP: reloading is not supported yet; ignored"),
-                _ => {
-                    info!("signal {sig}: stopping");
-                    stopper.stop(&set);
-                }
-            }
-        })
-        .expect("spawn signal thread");
-}
 
-fn start_and_serve(
-    opts: &RunOptions,
-    mut table: Table,
+fn start(
+    opts: RunOptions,
+    table: Table,
     ruleset: &Ruleset,
-    cleanup: &Arc<Mutex<Cleanup>>,
-) -> anyhow::Result<()> {
-    let mut ct = Conntrack::open().context("open ctnetlink socket")?;
-    let mut queue = Queue::open(&QueueConfig { num: opts.queue, fail_open: opts.fail_open, ..QueueConfig::default() })?;
+    cleanup: Mutex<Cleanup>,
+    sigset: libc::sigset_t,
+) -> Result<(), (anyhow::Error, Mutex<Cleanup>)> {
+    macro_rules! tryc {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Err((anyhow::Error::from(e), cleanup)),
+            }
+        };
+    }
+    let mut ct = tryc!(Conntrack::open().context("open ctnetlink socket"));
+    let mut queue = tryc!(Queue::open(&QueueConfig { num: opts.queue, fail_open: opts.fail_open, ..QueueConfig::default() }));
+    let server = tryc!(control::Server::bind(&opts.control)
+        .with_context(|| format!("control socket {}", opts.control.display())));
+    cleanup.lock().unwrap().control = Some(opts.control.clone());
 
     let sysctl = Sysctl::system(&opts.state_dir);
-    let wanted = sysctl.director_settings()?;
+    let wanted = tryc!(wanted_sysctls(&sysctl));
     // Record the sysctl guard before applying, so a half-applied set is still restored.
     cleanup.lock().unwrap().sysctl = Some(sysctl.clone());
-    sysctl.apply(&wanted)?;
+    tryc!(sysctl.apply(&wanted));
 
-    let qimpl = nftables::detect_queue_impl()?;
+    // Subscribe before the dump, so nothing that happens in between is missed. The netlink
+    // socket cannot move between threads, so the event thread makes it and says when it has.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), CtError>>(1);
+    let (shared_tx, shared_rx) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
+    spawn("ct-events", move || {
+        let events = match CtEvents::subscribe(&[CtEventKind::New, CtEventKind::Update, CtEventKind::Destroy]) {
+            Ok(ev) => {
+                let _ = ready_tx.send(Ok(()));
+                ev
+            }
+            Err(e) => return drop(ready_tx.send(Err(e))),
+        };
+        if let Ok(sh) = shared_rx.recv() {
+            event_loop(&sh, events);
+        }
+    });
+    tryc!(ready_rx.recv().unwrap_or(Err(CtError::EventsLost)).context("subscribe to conntrack events"));
+    let qimpl = tryc!(nftables::detect_queue_impl());
     cleanup.lock().unwrap().table_installed = true;
-    nftables::apply(ruleset, qimpl)?;
-    for s in table.services() {
+    tryc!(nftables::apply(ruleset, qimpl));
+
+    let mut state = State { table, conns: Conns::new(), stats: StatsTable::new(), installed: Vec::new() };
+    state.installed = state.table.services().iter().map(|s| s.key()).collect();
+    // Connections balanced by an earlier run (a restart): count them as if we never stopped.
+    let existing = tryc!(ct.dump(opts.ct_mark, u32::MAX));
+    for e in &existing {
+        state.conns.seen(&mut state.table, e);
+    }
+    if !state.conns.is_empty() {
+        info!("found {} connection(s) balanced by an earlier run; counting them", state.conns.len());
+    }
+    for s in state.table.services() {
         let dests: Vec<String> = s.dests.iter().map(|d| format!("{}:{} w{}", d.addr, d.port, d.weight)).collect();
         info!("service {} sched={} servers=[{}]", s.key().vip(), s.scheduler_name(), dests.join(", "));
     }
-    info!(
-        "nfvs: ready (queue {} via {:?} queue expression, table ip {}, masquerade [{}])",
-        queue.num(),
+
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        opts,
+        cleanup,
         qimpl,
+        start: Instant::now(),
+        loop_stats: LoopStats::default(),
+    });
+    spawn("signals", {
+        let sh = shared.clone();
+        move || signal_loop(&sh, sigset)
+    });
+    let _ = shared_tx.send(shared.clone());
+    spawn("ticker", {
+        let sh = shared.clone();
+        move || ticker_loop(&sh)
+    });
+    spawn("control", {
+        let sh = shared.clone();
+        move || server.serve(|req| handle_adm(&sh, req))
+    });
+    info!(
+        "nfvs: ready (queue {} via {qimpl}, table ip {}, masquerade [{}], control {})",
+        queue.num(),
         crate::ruleset::TABLE,
-        opts.masquerade.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+        shared.opts.masquerade.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
+        shared.opts.control.display()
     );
 
-    let stats = Stats::default();
-    let start = Instant::now();
+    if let Err(e) = packet_loop(&shared, &mut queue, &mut ct) {
+        let mut c = shared.cleanup.lock().unwrap_or_else(|e| e.into_inner());
+        c.run();
+        drop(c);
+        eprintln!("nfvs: error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new().name(name.into()).spawn(f).unwrap_or_else(|e| panic!("spawn thread {name}: {e}"));
+}
+
+fn packet_loop(sh: &Shared, queue: &mut Queue, ct: &mut Conntrack) -> anyhow::Result<()> {
     loop {
         let msg = match queue.recv() {
             Ok(m) => m,
@@ -281,9 +341,9 @@ fn start_and_serve(
             }
         };
         let verdict = match packet::parse(msg.get_payload()) {
-            Ok(flow) => decide(&mut table, &mut ct, &flow, opts.ct_mark, start, &stats),
+            Ok(flow) => decide(sh, ct, &flow),
             Err(e) => {
-                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                sh.loop_stats.malformed.fetch_add(1, Ordering::Relaxed);
                 debug!("accepting unparsed packet unmodified: {e}");
                 Verdict::Accept
             }
@@ -292,32 +352,37 @@ fn start_and_serve(
     }
 }
 
-/// One new-connection decision: schedule, create the DNAT entry, log it.
-fn decide(table: &mut Table, ct: &mut Conntrack, flow: &FlowKey, mark: u32, start: Instant, stats: &Stats) -> Verdict {
+/// One new-connection decision: schedule, create the DNAT entry, count it, log it.
+fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey) -> Verdict {
+    let ls = &sh.loop_stats;
     let proto = if flow.proto == 6 { Protocol::Tcp } else { Protocol::Udp };
     let key = ServiceKey { proto, addr: flow.dst, port: flow.dport };
-    let Some(svc) = table.service_mut(&key) else {
+    let now = sh.now();
+    let mut guard = sh.lock();
+    let st = &mut *guard;
+    let Some(svc) = st.table.service_mut(&key) else {
         // The divert rule only matches our services, but a table edit may race a queued SYN.
-        stats.not_ours.fetch_add(1, Ordering::Relaxed);
+        ls.not_ours.fetch_add(1, Ordering::Relaxed);
         return Verdict::Accept;
     };
     let client = SocketAddrV4::new(flow.src, flow.sport);
-    let req = Request { caddr: flow.src, cport: flow.sport, daddr: flow.dst, dport: flow.dport, now: start.elapsed() };
+    let req = SchedRequest { caddr: flow.src, cport: flow.sport, daddr: flow.dst, dport: flow.dport, now };
     let sched = svc.scheduler_name();
-    let Some(dest) = svc.schedule(&req) else {
-        stats.no_dest.fetch_add(1, Ordering::Relaxed);
+    let Some(pick) = svc.schedule(&req) else {
+        ls.no_dest.fetch_add(1, Ordering::Relaxed);
         warn!("conn client={client} vip={} sched={sched} rs=none: no eligible real server, SYN dropped", key.vip());
         return Verdict::Drop;
     };
+    let dest = &svc.dests[pick.index];
     let (rip, dest_id) = (dest.rip(), dest.id);
-    let mapping = CtMapping::dnat(flow, rip, mark);
-    match create_mapping(ct, &mapping, stats) {
-        Ok(Created::New) => {
-            if let Some(d) = svc.dests.iter_mut().find(|d| d.id == dest_id) {
-                d.active += 1;
-            }
-            stats.scheduled.fetch_add(1, Ordering::Relaxed);
-            info!("conn client={client} vip={} sched={sched} rs={rip}", key.vip());
+    let mapping = CtMapping::dnat(flow, rip, sh.opts.ct_mark);
+    match create_mapping(ct, &mapping, ls) {
+        Ok(Created::New { replaced }) => {
+            st.conns.scheduled(&mut st.table, mapping.orig, key, dest_id, replaced, pick.template);
+            st.stats.record(&key, Some(dest_id), &Counters { conns: 1, ..Counters::default() });
+            ls.scheduled.fetch_add(1, Ordering::Relaxed);
+            let how = if pick.persistent_hit { " (persistent)" } else { "" };
+            info!("conn client={client} vip={} sched={sched} rs={rip}{how}", key.vip());
             Verdict::Accept
         }
         Ok(Created::Retransmit) => {
@@ -325,7 +390,7 @@ fn decide(table: &mut Table, ct: &mut Conntrack, flow: &FlowKey, mark: u32, star
             Verdict::Accept
         }
         Err(e) => {
-            stats.ct_errors.fetch_add(1, Ordering::Relaxed);
+            ls.ct_errors.fetch_add(1, Ordering::Relaxed);
             warn!("conn client={client} vip={} sched={sched} rs={rip}: {e}; SYN dropped (the client will retry)", key.vip());
             Verdict::Drop
         }
@@ -333,27 +398,414 @@ fn decide(table: &mut Table, ct: &mut Conntrack, flow: &FlowKey, mark: u32, star
 }
 
 enum Created {
-    New,
+    /// Created; `replaced` is the id of an old entry of the same tuple deleted first.
+    New { replaced: Option<u32> },
     Retransmit,
 }
 
 /// Creates the entry, handling an existing one as design.md fact 6 says: a state up to
 /// ESTABLISHED is a retransmitted SYN of a live flow (keep it); a later state (TIME_WAIT,
 /// CLOSE, ...) is a reused source port: delete the old entry and create ours.
-fn create_mapping(ct: &mut Conntrack, m: &CtMapping, stats: &Stats) -> Result<Created, CtError> {
+fn create_mapping(ct: &mut Conntrack, m: &CtMapping, ls: &LoopStats) -> Result<Created, CtError> {
     match ct.create(m) {
-        Ok(()) => return Ok(Created::New),
+        Ok(()) => return Ok(Created::New { replaced: None }),
         Err(CtError::Exists) => {}
         Err(e) => return Err(e),
     }
+    let mut replaced = None;
     if let Some(old) = ct.get(&m.orig)? {
         if old.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) {
-            stats.retransmits.fetch_add(1, Ordering::Relaxed);
+            ls.retransmits.fetch_add(1, Ordering::Relaxed);
             return Ok(Created::Retransmit);
         }
         ct.delete(&m.orig)?;
-        stats.reused_ports.fetch_add(1, Ordering::Relaxed);
+        replaced = old.id;
+        ls.reused_ports.fetch_add(1, Ordering::Relaxed);
     }
     ct.create(m)?;
-    Ok(Created::New)
+    Ok(Created::New { replaced })
+}
+
+// ---------------------------------------------------------------------------------------
+// conntrack events, ticker
+
+fn event_loop(sh: &Shared, mut events: CtEvents) {
+    let mark = sh.opts.ct_mark;
+    let mut buf = Vec::new();
+    loop {
+        match events.recv(&mut buf) {
+            Ok(()) => {
+                let mut st = sh.lock();
+                let st = &mut *st;
+                let now = sh.now();
+                for ev in buf.drain(..) {
+                    if ev.entry.mark != mark {
+                        continue;
+                    }
+                    match ev.kind {
+                        CtEventKind::New | CtEventKind::Update => st.conns.seen(&mut st.table, &ev.entry),
+                        CtEventKind::Destroy => {
+                            if let Some(d) = st.conns.destroyed(&mut st.table, &ev.entry, now) {
+                                st.stats.record(&d.svc, Some(d.dest), &d.counters);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(CtError::EventsLost) => {
+                warn!("conntrack events were lost (socket buffer full); recounting connections from a dump");
+                // The kernel stops delivering until the socket is read empty (af_netlink
+                // congestion); drain it, then rebuild from a dump.
+                buf.clear();
+                let _ = events.set_nonblocking(true);
+                while events.recv(&mut buf).is_ok() && !buf.is_empty() {
+                    buf.clear();
+                }
+                buf.clear();
+                let _ = events.set_nonblocking(false);
+                resync(sh);
+            }
+            Err(e) => {
+                warn!("conntrack events: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn resync(sh: &Shared) {
+    match Conntrack::open().and_then(|mut c| c.dump(sh.opts.ct_mark, u32::MAX)) {
+        Ok(entries) => {
+            let mut st = sh.lock();
+            let st = &mut *st;
+            st.conns.rebuild(&mut st.table, &entries);
+        }
+        Err(e) => warn!("cannot dump conntrack to recount connections: {e}"),
+    }
+}
+
+/// Every 2 s: account live traffic (so rates move while connections run) and run the
+/// estimators; every tick also expires persistence templates.
+fn ticker_loop(sh: &Shared) {
+    let mut ct = match Conntrack::open() {
+        Ok(c) => c,
+        Err(e) => return warn!("statistics disabled: {e}"),
+    };
+    loop {
+        std::thread::sleep(ESTIMATOR_INTERVAL);
+        sample_traffic(sh, &mut ct);
+        let mut st = sh.lock();
+        st.stats.tick();
+        let now = sh.now();
+        st.table.expire_templates(now);
+    }
+}
+
+fn sample_traffic(sh: &Shared, ct: &mut Conntrack) {
+    match ct.dump(sh.opts.ct_mark, u32::MAX) {
+        Ok(entries) => {
+            let mut st = sh.lock();
+            for d in st.conns.sample(&entries) {
+                st.stats.record(&d.svc, Some(d.dest), &d.counters);
+            }
+        }
+        Err(e) => debug!("traffic sample: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// signals: stop and reload
+
+fn signal_loop(sh: &Shared, set: libc::sigset_t) {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid, initialised signal set; `sig` is a valid out pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            continue;
+        }
+        if sig == libc::SIGHUP {
+            match reload(sh) {
+                Ok(n) => info!("SIGHUP: reloaded the rules file ({n} change(s))"),
+                Err(e) => warn!("SIGHUP: reload refused, table unchanged: {e:#}"),
+            }
+            continue;
+        }
+        info!("signal {sig}: stopping");
+        stop(sh, &set);
+    }
+}
+
+/// Re-reads the rules file and applies only the difference: untouched services keep their
+/// scheduler state and counters; running connections are never cut.
+fn reload(sh: &Shared) -> anyhow::Result<usize> {
+    let Some(path) = &sh.opts.rules else { bail!("nfvs was started without --rules: nothing to reload") };
+    // The new file is checked whole before anything changes; the edits derived from it are
+    // then valid for the live table (same parser, same checks).
+    let new = config::load_rules(path)?;
+    let mut st = sh.lock();
+    let cmds = config::diff(&st.table, &new);
+    for c in &cmds {
+        apply_edit(sh, &mut st, c).map_err(|e| anyhow::anyhow!("{}", config::edit_message(c, &e)))?;
+    }
+    sh.sync_rules(&mut st)?;
+    Ok(cmds.len())
+}
+
+/// Stops taking new connections, waits (bounded) for the flows nfvs balanced to finish, then
+/// removes the table and restores the sysctls. Restoring ip_forward=0 or removing the last
+/// nat chain cuts running flows, so both wait for the drain. A second signal during the wait
+/// stops at once.
+fn stop(sh: &Shared, set: &libc::sigset_t) -> ! {
+    let installed = sh.cleanup.lock().unwrap_or_else(|e| e.into_inner()).table_installed;
+    if installed && !sh.opts.drain_timeout.is_zero() {
+        let draining = Ruleset { diverts: Vec::new(), ..ruleset_for(&Table::new(), &sh.opts.masquerade, sh.opts.queue) };
+        match nftables::apply(&draining, sh.qimpl) {
+            Ok(()) => drain(sh, set),
+            Err(e) => warn!("could not remove the divert rules before draining: {e}"),
+        }
+    }
+    sh.cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
+    info!("stopped");
+    std::process::exit(0);
+}
+
+fn drain(sh: &Shared, set: &libc::sigset_t) {
+    let deadline = Instant::now() + sh.opts.drain_timeout;
+    let mut ct = match Conntrack::open() {
+        Ok(c) => c,
+        Err(e) => return warn!("cannot watch running connections ({e}); stopping now"),
+    };
+    let mut announced = false;
+    loop {
+        let live = match ct.dump(sh.opts.ct_mark, u32::MAX) {
+            Ok(entries) => entries
+                .iter()
+                .filter(|e| e.tcp_state.is_some_and(|s| !matches!(s, TcpState::TimeWait | TcpState::Close)))
+                .count(),
+            Err(e) => return warn!("cannot list running connections ({e}); stopping now"),
+        };
+        if live == 0 {
+            return;
+        }
+        if !announced {
+            info!(
+                "draining: no new connections; waiting up to {}s for {live} running connection(s) to finish \
+                 (signal again to stop now)",
+                sh.opts.drain_timeout.as_secs()
+            );
+            announced = true;
+        }
+        if Instant::now() >= deadline {
+            return warn!("drain timeout: {live} connection(s) still running will be cut");
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 200_000_000 };
+        // SAFETY: valid signal set and timeout; a null siginfo pointer is allowed.
+        if unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) } > 0 {
+            return info!("second signal: stopping now");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// nfvs adm / ipvsadm
+
+/// Applies one table edit to the live state, with what goes with it: statistics of deleted
+/// services and servers, and their connections (drained, or deleted with --expire-nodest).
+fn apply_edit(sh: &Shared, st: &mut State, cmd: &Command) -> Result<(), crate::service::EditError> {
+    let removed: Vec<(ServiceKey, crate::service::DestId)> = match cmd {
+        Command::DelService(k) => st.table.services().iter().filter(|s| s.key() == *k).flat_map(|s| s.dests.iter().map(move |d| (*k, d.id))).collect(),
+        Command::Clear => st.table.services().iter().flat_map(|s| s.dests.iter().map(move |d| (s.key(), d.id))).collect(),
+        Command::DelDest(k, a, p) => st
+            .table
+            .services()
+            .iter()
+            .filter(|s| s.key() == *k)
+            .filter_map(|s| s.dest_index(*a, *p).map(|i| (*k, s.dests[i].id)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    config::apply(&mut st.table, cmd)?;
+    for (k, id) in removed {
+        if sh.opts.expire_nodest {
+            expire_dest_conns(sh, st, id);
+        }
+        st.conns.forget_dest(id);
+        st.stats.remove_dest(&k, id);
+    }
+    match cmd {
+        Command::DelService(k) => st.stats.remove_service(k),
+        Command::Clear => st.stats = StatsTable::new(),
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expire_dest_conns(sh: &Shared, st: &State, id: crate::service::DestId) {
+    let tuples = st.conns.of_dest(id);
+    if tuples.is_empty() {
+        return;
+    }
+    match Conntrack::open() {
+        Ok(mut ct) => {
+            let n = tuples.iter().filter(|t| ct.delete(t).unwrap_or(false)).count();
+            info!("expire-nodest: deleted {n} connection(s) of a removed real server");
+        }
+        Err(e) => warn!("expire-nodest: {e}"),
+    }
+    let _ = sh;
+}
+
+/// ipvsadm's exit status for kernel-side errors.
+const KERNEL_ERR: i32 = 255;
+
+fn handle_adm(sh: &Shared, req: Request) -> Reply {
+    let cmd = match config::parse_args(&req.args).and_then(|r| r.validate()) {
+        Ok(c) => c,
+        Err(e) => {
+            let mut msg = e.message.clone();
+            if let Some(h) = &e.hint {
+                msg.push_str(&format!("\n  nfvs: {h}"));
+            }
+            return Reply::err(e.exit_code, msg);
+        }
+    };
+    run_adm(sh, &cmd, &req.stdin)
+}
+
+fn run_adm(sh: &Shared, cmd: &Command, stdin: &str) -> Reply {
+    let names = PortNames::system();
+    match cmd {
+        Command::Help => Reply::ok(listing::usage("ipvsadm")),
+        Command::Version => Reply::ok(listing::version()),
+        Command::List(what, fmt) => {
+            if matches!(what, ListWhat::All | ListWhat::Service(_)) && (fmt.stats || fmt.rate) {
+                // Fresh traffic numbers for this listing.
+                if let Ok(mut ct) = Conntrack::open() {
+                    sample_traffic(sh, &mut ct);
+                }
+            }
+            let st = sh.lock();
+            match what {
+                ListWhat::All => Reply::ok(listing::list(&st.table, None, fmt, &st.stats, &names).unwrap_or_default()),
+                ListWhat::Service(k) => match listing::list(&st.table, Some(k), fmt, &st.stats, &names) {
+                    Ok(s) => Reply::ok(s),
+                    Err(e) => Reply::err(1, e.to_string()),
+                },
+                ListWhat::Connections => {
+                    drop(st);
+                    list_connections(sh, fmt, &names)
+                }
+                ListWhat::Timeouts => Reply::ok(timeouts()),
+                // No sync daemon: ipvsadm prints nothing when none runs.
+                ListWhat::Daemon => Reply::ok(""),
+            }
+        }
+        Command::Save { numeric } => Reply::ok(listing::save(&sh.lock().table, *numeric, &names)),
+        Command::Zero(k) => {
+            let mut st = sh.lock();
+            if let Some(k) = k {
+                if st.table.find(k).is_none() {
+                    return Reply::err(KERNEL_ERR, "No such service");
+                }
+            }
+            st.stats.zero(k.as_ref());
+            Reply::ok("")
+        }
+        Command::Restore => {
+            for line in stdin.lines() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let c = match config::parse_line(line) {
+                    Ok(c) => c,
+                    Err(e) => return Reply::err(e.exit_code, e.to_string()),
+                };
+                let r = run_adm(sh, &c, "");
+                if r.code != 0 {
+                    return r;
+                }
+            }
+            Reply::ok("")
+        }
+        Command::SetTimeouts { .. } => Reply::err(
+            KERNEL_ERR,
+            "--set is not supported by nfvs: connection timeouts are conntrack's \
+             (sysctl net.netfilter.nf_conntrack_tcp_timeout_established, ..._fin_wait, nf_conntrack_udp_timeout_stream)",
+        ),
+        Command::StartDaemon | Command::StopDaemon => {
+            Reply::err(KERNEL_ERR, "the connection sync daemon is not supported by nfvs")
+        }
+        edit => {
+            let mut st = sh.lock();
+            if let Err(e) = apply_edit(sh, &mut st, edit) {
+                return Reply::err(KERNEL_ERR, config::edit_message(edit, &e));
+            }
+            if let Err(e) = sh.sync_rules(&mut st) {
+                return Reply::err(KERNEL_ERR, format!("table updated but the nft rules were not: {e:#}"));
+            }
+            info!("adm: {}", describe(edit));
+            Reply::ok("")
+        }
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    match cmd {
+        Command::AddService(s) => format!("added service {} sched={}", s.key, s.sched_name),
+        Command::EditService(s) => format!("edited service {} sched={}", s.key, s.sched_name),
+        Command::DelService(k) => format!("deleted service {k}"),
+        Command::Clear => "cleared all services".into(),
+        Command::AddDest(k, d) => format!("added real server {}:{} weight {} to {k}", d.addr, d.port, d.weight),
+        Command::EditDest(k, d) => format!("edited real server {}:{} weight {} of {k}", d.addr, d.port, d.weight),
+        Command::DelDest(k, a, p) => format!("deleted real server {a}:{p} of {k}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn timeouts() -> String {
+    let read = |k: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/netfilter/{k}")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    };
+    listing::timeouts(
+        read("nf_conntrack_tcp_timeout_established"),
+        read("nf_conntrack_tcp_timeout_fin_wait"),
+        read("nf_conntrack_udp_timeout_stream"),
+    )
+}
+
+fn list_connections(sh: &Shared, fmt: &config::ListFormat, names: &PortNames) -> Reply {
+    let entries = match Conntrack::open().and_then(|mut c| c.dump(sh.opts.ct_mark, u32::MAX)) {
+        Ok(e) => e,
+        Err(e) => return Reply::err(KERNEL_ERR, format!("cannot read conntrack: {e}")),
+    };
+    let rows: Vec<ConnRow> = entries
+        .iter()
+        .map(|e| ConnRow {
+            proto: if e.orig.proto == 6 { Protocol::Tcp } else { Protocol::Udp },
+            expire_secs: e.timeout.unwrap_or(0),
+            state: match e.tcp_state {
+                Some(s) => tcp_state_name(s).to_string(),
+                None => "UDP".to_string(),
+            },
+            client: SocketAddrV4::new(e.orig.src, e.orig.sport),
+            vip: SocketAddrV4::new(e.orig.dst, e.orig.dport),
+            rs: SocketAddrV4::new(e.reply.src, e.reply.sport),
+        })
+        .collect();
+    Reply::ok(listing::connections(&rows, fmt, names))
+}
+
+/// IPVS's state names for conntrack's TCP states (NONE before the SYN has passed is shown as
+/// SYN_RECV, the state IPVS is in at that point).
+fn tcp_state_name(s: TcpState) -> &'static str {
+    match s {
+        TcpState::None | TcpState::SynRecv => "SYN_RECV",
+        TcpState::SynSent | TcpState::SynSent2 => "SYN_SENT",
+        TcpState::Established => "ESTABLISHED",
+        TcpState::FinWait => "FIN_WAIT",
+        TcpState::CloseWait => "CLOSE_WAIT",
+        TcpState::LastAck => "LAST_ACK",
+        TcpState::TimeWait => "TIME_WAIT",
+        TcpState::Close => "CLOSE",
+    }
 }

@@ -9,6 +9,7 @@
 //! top-level modules; everything that talks to the kernel is under [`kernel`], and [`daemon`]
 //! is the one place that wires the two together.
 
+pub mod accounting;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -17,6 +18,7 @@ pub mod kernel;
 pub mod listing;
 pub mod nat;
 pub mod packet;
+pub mod persist;
 pub mod ruleset;
 pub mod sched;
 pub mod service;

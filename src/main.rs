@@ -1,17 +1,26 @@
 //! nfvs: thin entry point. Parse the command line, start logging, run, and print any error
-//! once, as one line, with a non-zero exit status.
+//! once, as one line, with a non-zero exit status. Invoked as `ipvsadm` (a symlink), it is
+//! `nfvs adm`.
 
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use nfvs::cli::{Cli, Command};
-use nfvs::{config, daemon, ruleset};
+use nfvs::config::{self, Command as AdmCommand};
+use nfvs::{control, daemon, listing};
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args();
+    let argv0 = argv.next().unwrap_or_default();
+    if Path::new(&argv0).file_name().is_some_and(|n| n == "ipvsadm") {
+        return adm(None, argv.collect());
+    }
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,mnl=info")).init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("nfvs: error: {e:#}");
             ExitCode::FAILURE
@@ -19,33 +28,82 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { table, state_dir, ct_mark, fail_open, drain_timeout } => daemon::run(daemon::RunOptions {
-            rules: table.rules,
-            masquerade: table.masquerade,
-            queue: table.queue,
-            state_dir,
-            ct_mark,
-            fail_open,
-            drain_timeout: std::time::Duration::from_secs(drain_timeout),
-        }),
+        Command::Run { rules, net, control, expire_nodest, state_dir, ct_mark, fail_open, drain_timeout } => {
+            daemon::run(daemon::RunOptions {
+                rules,
+                masquerade: net.masquerade,
+                queue: net.queue,
+                state_dir,
+                control: control.unwrap_or_else(control::default_path),
+                ct_mark,
+                fail_open,
+                drain_timeout: std::time::Duration::from_secs(drain_timeout),
+                expire_nodest,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rules { table } => {
             let t = config::load_rules(&table.rules)?;
-            let rs = daemon::ruleset_for(&t, &table.masquerade, table.queue)?;
+            let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue);
+            rs.validate()?;
             print!("{}", rs.render());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check { rules } => {
             let t = config::load_rules(&rules)?;
-            for s in t.services() {
-                println!("{} -s {}", s.key(), s.scheduler_name());
-                for d in &s.dests {
-                    println!("  -> {}:{} weight {}", d.addr, d.port, d.weight);
-                }
+            let rs = daemon::ruleset_for(&t, &[], 0);
+            rs.validate()?;
+            print!("{}", listing::save(&t, true, &listing::PortNames::none()));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Adm { control, args } => Ok(adm(control, args)),
+    }
+}
+
+/// `nfvs adm ARGS` / `ipvsadm ARGS`: help, version and usage errors are answered here, as
+/// ipvsadm answers them without the kernel; everything else goes to the daemon.
+fn adm(control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
+    let exit = |code: i32| ExitCode::from(code.clamp(0, 255) as u8);
+    let cmd = match config::parse_args(&args).and_then(|r| r.validate()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}", e.message);
+            if let Some(h) = &e.hint {
+                eprintln!("  nfvs: {h}");
             }
-            let _ = ruleset::TABLE;
-            Ok(())
+            return exit(e.exit_code);
+        }
+    };
+    match cmd {
+        AdmCommand::Help => {
+            print!("{}", listing::usage("ipvsadm"));
+            return ExitCode::SUCCESS;
+        }
+        AdmCommand::Version => {
+            print!("{}", listing::version());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let mut stdin = String::new();
+    if cmd == AdmCommand::Restore {
+        if let Err(e) = std::io::stdin().read_to_string(&mut stdin) {
+            eprintln!("reading standard input: {e}");
+            return exit(255);
+        }
+    }
+    let path = control.unwrap_or_else(control::default_path);
+    match control::call(&path, &control::Request { args, stdin }) {
+        Ok(r) => {
+            let _ = std::io::stdout().write_all(r.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(r.stderr.as_bytes());
+            exit(r.code)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit(255)
         }
     }
 }

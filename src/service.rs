@@ -7,6 +7,9 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use std::time::Duration;
+
+use crate::persist::{Persistence, TemplateId, TemplateKey};
 use crate::sched::{self, Change, Request, SchedOptions, Scheduler};
 
 /// Transport protocol of a virtual service.
@@ -130,12 +133,25 @@ pub struct ServiceSpec {
     pub netmask: Ipv4Addr,
 }
 
-/// A virtual service: settings, scheduler and destinations in IPVS list order.
+/// A virtual service: settings, scheduler, destinations in IPVS list order, and the
+/// persistence templates of a persistent service.
 #[derive(Debug)]
 pub struct Service {
     pub spec: ServiceSpec,
     pub dests: Vec<Dest>,
     sched: Box<dyn Scheduler>,
+    pub persist: Persistence,
+}
+
+/// A scheduling decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    /// Index into the service's `dests`.
+    pub index: usize,
+    /// The persistence template the connection is attached to (persistent services).
+    pub template: Option<TemplateId>,
+    /// The destination came from an existing template, without asking the scheduler.
+    pub persistent_hit: bool,
 }
 
 impl Service {
@@ -148,10 +164,36 @@ impl Service {
     pub fn dest_index(&self, addr: Ipv4Addr, port: u16) -> Option<usize> {
         self.dests.iter().position(|d| d.addr == addr && d.port == port)
     }
-    /// Asks the scheduler for a destination for a new connection.
-    pub fn schedule(&mut self, req: &Request) -> Option<&Dest> {
-        let i = self.sched.schedule(&self.dests, req)?;
-        self.dests.get(i)
+    /// Picks a destination for a new connection: from a valid persistence template (no
+    /// scheduler call, lvs-semantics.md §6), else from the scheduler.
+    pub fn schedule(&mut self, req: &Request) -> Option<Pick> {
+        let Some(timeout) = self.spec.persistent else {
+            let index = self.sched.schedule(&self.dests, req).filter(|&i| i < self.dests.len())?;
+            return Some(Pick { index, template: None, persistent_hit: false });
+        };
+        let key = TemplateKey::new(&self.spec.key, self.spec.netmask, req.caddr, req.daddr, req.dport);
+        let (sched, dests) = (&mut self.sched, &self.dests);
+        let p = self.persist.schedule(key, Duration::from_secs(u64::from(timeout)), dests, req.now, || {
+            sched.schedule(dests, req)
+        })?;
+        if p.created {
+            self.dests[p.index].persist += 1;
+        }
+        Some(Pick { index: p.index, template: Some(p.template), persistent_hit: !p.created })
+    }
+
+    /// A connection attached to a template went away.
+    pub fn release_template(&mut self, id: TemplateId, now: Duration) {
+        self.persist.release(id, now);
+    }
+
+    /// Removes expired templates, updating the destinations' PersistConn.
+    pub fn expire_templates(&mut self, now: Duration) {
+        for t in self.persist.expire(now) {
+            if let Some(d) = self.dests.iter_mut().find(|d| d.id == t.dest) {
+                d.persist = d.persist.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -204,7 +246,7 @@ impl Table {
             return Err(EditError::ServiceExists);
         }
         let sched = sched::new(&spec.sched_name, &spec.sched_opts, &[])?;
-        self.services.push(Service { spec, dests: Vec::new(), sched });
+        self.services.push(Service { spec, dests: Vec::new(), sched, persist: Persistence::new(false) });
         Ok(())
     }
 
@@ -223,6 +265,13 @@ impl Table {
     pub fn del_service(&mut self, key: &ServiceKey) -> Result<Service, EditError> {
         let i = self.find(key).ok_or(EditError::NoService)?;
         Ok(self.services.remove(i))
+    }
+
+    /// Expires persistence templates of every service.
+    pub fn expire_templates(&mut self, now: Duration) {
+        for s in &mut self.services {
+            s.expire_templates(now);
+        }
     }
 
     /// `-C`.
@@ -255,8 +304,7 @@ impl Table {
         if spec.weight > 0 {
             d.last_weight = spec.weight;
         }
-        d.u_threshold = spec.u_threshold;
-        d.l_threshold = spec.l_threshold;
+        sched::threshold::on_edit(d, spec.u_threshold, spec.l_threshold);
         svc.sched.on_change(&svc.dests, Change::Edited(i));
         Ok(())
     }

@@ -708,12 +708,12 @@ fn handle_datagram(
                 let err = read_ne_u32(m.payload, 0)
                     .ok_or(CtError::Malformed("truncated nlmsgerr"))?
                     as i32;
-                return Ok(Some(if err == 0 { Answer::Done } else { Answer::Errno(-err) }));
+                return Ok(Some(if err == 0 { Answer::Done } else { Answer::Errno(err.saturating_neg()) }));
             }
             NLMSG_DONE => {
                 // A dump ends with NLMSG_DONE carrying an int: 0, or the error that cut it short.
                 let err = read_ne_u32(m.payload, 0).map_or(0, |e| e as i32);
-                return Ok(Some(if err < 0 { Answer::Errno(-err) } else { Answer::Done }));
+                return Ok(Some(if err < 0 { Answer::Errno(err.saturating_neg()) } else { Answer::Done }));
             }
             NLMSG_OVERRUN => return Err(CtError::Malformed("NLMSG_OVERRUN")),
             _ => {
@@ -1368,6 +1368,22 @@ mod tests {
         for single in [false, true] {
             let _ = handle_datagram(bytes, CAPTURED_SEQ, single, &mut |m| parse_entry(m).map(drop));
         }
+    }
+
+    /// Found by `mutated_real_messages_never_panic`: an NLMSG_ERROR whose error field is
+    /// i32::MIN made `-err` overflow (a panic in debug builds).
+    #[test]
+    fn nlmsgerr_with_i32_min_is_an_errno_not_a_panic() {
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&36u32.to_ne_bytes()); // nlmsg_len: header + error + request header
+        msg.extend_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+        msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
+        msg.extend_from_slice(&CAPTURED_SEQ.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // portid
+        msg.extend_from_slice(&i32::MIN.to_ne_bytes()); // error
+        msg.extend_from_slice(&[0u8; 16]); // the request's header
+        let r = handle_datagram(&msg, CAPTURED_SEQ, true, &mut |_| Ok(()));
+        assert!(matches!(r, Ok(Some(Answer::Errno(e))) if e == i32::MAX), "{r:?}");
     }
 
     #[test]
