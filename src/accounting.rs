@@ -199,36 +199,40 @@ impl Conns {
     }
 }
 
-fn dest_mut<'a>(table: &'a mut Table, c: &Conn) -> Option<&'a mut crate::service::Dest> {
-    table.service_mut(&c.svc)?.dests.iter_mut().find(|d| d.id == c.dest)
+/// Applies `f` to the connection's destination, then tells an incremental scheduler.
+fn with_dest(table: &mut Table, c: &Conn, f: impl FnOnce(&mut crate::service::Dest)) {
+    let Some(svc) = table.service_mut(&c.svc) else { return };
+    let Some(i) = svc.dests.iter().position(|d| d.id == c.dest) else { return };
+    f(&mut svc.dests[i]);
+    svc.counts_changed(i);
 }
 
 fn bind(table: &mut Table, c: &Conn) {
-    if let Some(d) = dest_mut(table, c) {
+    with_dest(table, c, |d| {
         if c.active {
             d.active += 1;
         } else {
             d.inactive += 1;
         }
         crate::sched::threshold::on_bind(d);
-    }
+    });
 }
 
 fn unbind(table: &mut Table, c: &Conn) {
-    if let Some(d) = dest_mut(table, c) {
+    with_dest(table, c, |d| {
         if c.active {
             d.active = d.active.saturating_sub(1);
         } else {
             d.inactive = d.inactive.saturating_sub(1);
         }
         crate::sched::threshold::on_unbind(d);
-    }
+    });
 }
 
 /// Active <-> inactive (`c.active` is the new state): the total the thresholds look at does
 /// not change.
 fn move_state(table: &mut Table, c: &Conn) {
-    if let Some(d) = dest_mut(table, c) {
+    with_dest(table, c, |d| {
         if c.active {
             d.inactive = d.inactive.saturating_sub(1);
             d.active += 1;
@@ -236,7 +240,7 @@ fn move_state(table: &mut Table, c: &Conn) {
             d.active = d.active.saturating_sub(1);
             d.inactive += 1;
         }
-    }
+    });
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = crate::kernel::sysctl::STATE_DIR)]
         state_dir: PathBuf,
         /// Conntrack mark put on the entries nfvs creates (to find them in dumps and events).
-        #[arg(long, value_name = "MARK", default_value_t = crate::daemon::DEFAULT_CT_MARK, value_parser = parse_u32)]
+        #[arg(long, value_name = "MARK", default_value = "0x6e667673", value_parser = parse_u32)]
         ct_mark: u32,
         /// When the queue is full, let SYNs through unbalanced instead of dropping them
         /// (clients then get a RST from the director instead of retrying).
@@ -88,6 +88,19 @@ pub enum Command {
         /// once too.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         drain_timeout: u64,
+        /// Connection "overhead" used by lc, wlc, lblc, lblcr and twos: `classic` is
+        /// 256*active+inactive (every kernel up to the 2026 stable updates), `total` is
+        /// 256*active+(active+inactive) (2026 stable kernels).
+        #[arg(long, value_enum, default_value_t = OverheadArg::Classic)]
+        overhead: OverheadArg,
+        /// Seed of the random draws of the twos scheduler (fixed for reproducible tests).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        sched_seed: u64,
+        /// Let lc, wlc, sed, nq, fo, ovf, twos, lblc and lblcr answer from an index updated on
+        /// every counter change instead of scanning all real servers per connection: same
+        /// decisions, O(1) per pick; worth it from a few hundred real servers per service.
+        #[arg(long)]
+        sched_index: bool,
     },
     /// Print the nftables table `run` would install, as `nft -f` text.
     Rules {
@@ -114,6 +127,22 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IPVSADM ARGS")]
         args: Vec<String>,
     },
+}
+
+/// `--overhead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverheadArg {
+    Classic,
+    Total,
+}
+
+impl From<OverheadArg> for crate::sched::Overhead {
+    fn from(o: OverheadArg) -> Self {
+        match o {
+            OverheadArg::Classic => crate::sched::Overhead::Classic,
+            OverheadArg::Total => crate::sched::Overhead::Total,
+        }
+    }
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {

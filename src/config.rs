@@ -937,14 +937,24 @@ pub fn apply(table: &mut Table, cmd: &Command) -> Result<(), EditError> {
 /// (-A -E -D -C -a -e -d) are allowed. The file is applied to an empty table in order; the
 /// first bad line stops everything with an error naming the file, line and what is wrong.
 pub fn load_rules(path: &Path) -> Result<Table, ConfigError> {
+    load_rules_with(path, SchedOptions::default())
+}
+
+/// [`load_rules`] with director-wide scheduler settings (see [`Table::with_defaults`]).
+pub fn load_rules_with(path: &Path, defaults: SchedOptions) -> Result<Table, ConfigError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
-    parse_rules(&text, &p)
+    parse_rules_with(&text, &p, defaults)
 }
 
 /// [`load_rules`] on text already read; `path` only names the source in errors.
 pub fn parse_rules(text: &str, path: &str) -> Result<Table, ConfigError> {
-    let mut table = Table::new();
+    parse_rules_with(text, path, SchedOptions::default())
+}
+
+/// [`parse_rules`] with director-wide scheduler settings.
+pub fn parse_rules_with(text: &str, path: &str, defaults: SchedOptions) -> Result<Table, ConfigError> {
+    let mut table = Table::with_defaults(defaults);
     for (n, line) in text.lines().enumerate() {
         let err = |message: String| ConfigError::Line { path: path.to_string(), line: n + 1, message };
         let trimmed = line.trim();
@@ -962,7 +972,13 @@ pub fn parse_rules(text: &str, path: &str) -> Result<Table, ConfigError> {
             | Command::DelDest(..) => {}
             _ => return Err(err(format!("'{trimmed}' does not edit the table; a rules file holds only -A -E -D -C -a -e -d lines"))),
         }
-        apply(&mut table, &cmd).map_err(|e| err(edit_message(&cmd, &e)))?;
+        apply(&mut table, &cmd).map_err(|e| {
+            let mut m = edit_message(&cmd, &e);
+            if e == EditError::NoService {
+                m.push_str(" (a real server's service must be added with -A on an earlier line)");
+            }
+            err(m)
+        })?;
     }
     if table.services().is_empty() {
         return Err(ConfigError::Empty { path: path.to_string() });
@@ -974,9 +990,7 @@ pub fn parse_rules(text: &str, path: &str) -> Result<Table, ConfigError> {
 pub fn edit_message(cmd: &Command, e: &EditError) -> String {
     let dest_cmd = matches!(cmd, Command::AddDest(..) | Command::EditDest(..) | Command::DelDest(..));
     match (e, dest_cmd) {
-        (EditError::NoService, true) => {
-            "Service not defined (a real server's service must be added with -A on an earlier line)".to_string()
-        }
+        (EditError::NoService, true) => "Service not defined".to_string(),
         (EditError::Scheduler(u), _) => format!("Scheduler or persistence engine not found ({u})"),
         (e, _) => e.to_string(),
     }
@@ -1160,6 +1174,15 @@ mod tests {
         };
         assert_eq!(order(&t), order(&new));
         assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn director_wide_scheduler_settings_reach_every_service() {
+        let defaults = SchedOptions { overhead: crate::sched::Overhead::Total, seed: 7, ..SchedOptions::default() };
+        let t = parse_rules_with("-A -t 1.2.3.4:80 -s sh -b sh-port\n", "x", defaults).unwrap();
+        let o = t.services()[0].spec.sched_opts;
+        assert_eq!((o.overhead, o.seed), (crate::sched::Overhead::Total, 7));
+        assert!(o.flags.flag2, "the service's own -b flags are kept");
     }
 
     #[test]

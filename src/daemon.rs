@@ -60,6 +60,8 @@ pub struct RunOptions {
     /// Deleting a real server deletes its connections at once (IPVS's expire_nodest_conn)
     /// instead of letting them finish.
     pub expire_nodest: bool,
+    /// Director-wide scheduler settings (overhead formula, seed, incremental mode).
+    pub sched: crate::sched::SchedOptions,
 }
 
 /// The wanted ruleset for a table of services.
@@ -197,8 +199,8 @@ fn wanted_sysctls(s: &Sysctl) -> anyhow::Result<Vec<Setting>> {
 /// undoing what it had done); a signal ends the process with exit status 0 after clean-up.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let table = match &opts.rules {
-        Some(p) => config::load_rules(p)?,
-        None => Table::new(),
+        Some(p) => config::load_rules_with(p, opts.sched)?,
+        None => Table::with_defaults(opts.sched),
     };
     let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue);
     ruleset.validate()?;
@@ -541,7 +543,7 @@ fn reload(sh: &Shared) -> anyhow::Result<usize> {
     let Some(path) = &sh.opts.rules else { bail!("nfvs was started without --rules: nothing to reload") };
     // The new file is checked whole before anything changes; the edits derived from it are
     // then valid for the live table (same parser, same checks).
-    let new = config::load_rules(path)?;
+    let new = config::load_rules_with(path, sh.opts.sched)?;
     let mut st = sh.lock();
     let cmds = config::diff(&st.table, &new);
     for c in &cmds {

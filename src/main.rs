@@ -30,7 +30,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { rules, net, control, expire_nodest, state_dir, ct_mark, fail_open, drain_timeout } => {
+        Command::Run {
+            rules,
+            net,
+            control,
+            expire_nodest,
+            state_dir,
+            ct_mark,
+            fail_open,
+            drain_timeout,
+            overhead,
+            sched_seed,
+            sched_index,
+        } => {
             daemon::run(daemon::RunOptions {
                 rules,
                 masquerade: net.masquerade,
@@ -41,6 +53,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 fail_open,
                 drain_timeout: std::time::Duration::from_secs(drain_timeout),
                 expire_nodest,
+                sched: nfvs::sched::SchedOptions {
+                    overhead: overhead.into(),
+                    seed: sched_seed,
+                    incremental: sched_index,
+                    ..Default::default()
+                },
             })?;
             Ok(ExitCode::SUCCESS)
         }

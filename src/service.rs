@@ -182,6 +182,11 @@ impl Service {
         Some(Pick { index: p.index, template: Some(p.template), persistent_hit: !p.created })
     }
 
+    /// The counters or OVERLOAD flag of `dests[i]` changed (for incremental schedulers).
+    pub fn counts_changed(&mut self, i: usize) {
+        self.sched.on_counts(&self.dests, i);
+    }
+
     /// A connection attached to a template went away.
     pub fn release_template(&mut self, id: TemplateId, now: Duration) {
         self.persist.release(id, now);
@@ -212,16 +217,33 @@ pub enum EditError {
     Scheduler(#[from] sched::UnknownScheduler),
 }
 
-/// All virtual services, in creation order.
+/// All virtual services, in creation order, and the director-wide scheduler settings
+/// (overhead formula, random seed, lblc/lblcr expiry, incremental mode) every service's
+/// scheduler is built with; a service's own `-b` flags come from its spec.
 #[derive(Debug, Default)]
 pub struct Table {
     services: Vec<Service>,
     next_dest: u64,
+    defaults: SchedOptions,
 }
 
 impl Table {
     pub fn new() -> Table {
         Table::default()
+    }
+
+    /// An empty table whose schedulers use `defaults` (except the per-service flags).
+    pub fn with_defaults(defaults: SchedOptions) -> Table {
+        Table { defaults, ..Table::default() }
+    }
+
+    pub fn defaults(&self) -> &SchedOptions {
+        &self.defaults
+    }
+
+    fn merged(&self, mut spec: ServiceSpec) -> ServiceSpec {
+        spec.sched_opts = SchedOptions { flags: spec.sched_opts.flags, ..self.defaults };
+        spec
     }
 
     pub fn services(&self) -> &[Service] {
@@ -242,6 +264,7 @@ impl Table {
 
     /// `-A`: a new, empty service.
     pub fn add_service(&mut self, spec: ServiceSpec) -> Result<(), EditError> {
+        let spec = self.merged(spec);
         if self.find(&spec.key).is_some() {
             return Err(EditError::ServiceExists);
         }
@@ -253,6 +276,7 @@ impl Table {
     /// `-E`: new settings for an existing service. A new scheduler name (or new scheduler
     /// options) attaches a fresh scheduler to the populated list, as IPVS does.
     pub fn edit_service(&mut self, spec: ServiceSpec) -> Result<(), EditError> {
+        let spec = self.merged(spec);
         let svc = self.service_mut(&spec.key).ok_or(EditError::NoService)?;
         if svc.spec.sched_name != spec.sched_name || svc.spec.sched_opts != spec.sched_opts {
             svc.sched = sched::new(&spec.sched_name, &spec.sched_opts, &svc.dests)?;
