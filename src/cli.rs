@@ -47,6 +47,10 @@ pub struct NetArgs {
     /// NFQUEUE number the divert rule sends SYNs to.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub queue: u16,
+    /// Spread SYNs over this many queues (N, N+1, ...) by CPU (the queue's fanout flag), with
+    /// one worker thread per queue.
+    #[arg(long, value_name = "COUNT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queues: u16,
 }
 
 #[derive(Debug, Subcommand)]

@@ -49,7 +49,9 @@ pub struct RunOptions {
     /// `nfvs adm` / `ipvsadm` commands.
     pub rules: Option<PathBuf>,
     pub masquerade: Vec<Cidr>,
+    /// The first queue number, and how many queues (one worker each) from it.
     pub queue: u16,
+    pub queues: u16,
     pub state_dir: PathBuf,
     pub control: PathBuf,
     pub ct_mark: u32,
@@ -65,7 +67,7 @@ pub struct RunOptions {
 }
 
 /// The wanted ruleset for a table of services.
-pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16) -> Ruleset {
+pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16, queues: u16) -> Ruleset {
     let diverts = table
         .services()
         .iter()
@@ -74,7 +76,8 @@ pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16) -> Ruleset {
             Divert { proto: k.proto, vip: k.addr, port: k.port }
         })
         .collect();
-    Ruleset { queue: QueueSpec { num: queue, total: 1, bypass: false, fanout: false }, diverts, masquerade: masquerade.to_vec() }
+    let queue = QueueSpec { num: queue, total: queues, bypass: false, fanout: queues > 1 };
+    Ruleset { queue, diverts, masquerade: masquerade.to_vec() }
 }
 
 /// Counters of what the packet loop did.
@@ -124,7 +127,7 @@ impl Shared {
         if keys == st.installed {
             return Ok(());
         }
-        nftables::apply(&ruleset_for(&st.table, &self.opts.masquerade, self.opts.queue), self.qimpl)?;
+        nftables::apply(&ruleset_for(&st.table, &self.opts.masquerade, self.opts.queue, self.opts.queues), self.qimpl)?;
         st.installed = keys;
         Ok(())
     }
@@ -202,7 +205,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         Some(p) => config::load_rules_with(p, opts.sched)?,
         None => Table::with_defaults(opts.sched),
     };
-    let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue);
+    let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue, opts.queues);
     ruleset.validate()?;
     check_root()?;
 
@@ -233,8 +236,35 @@ fn start(
             }
         };
     }
+    let qcfg = |num| QueueConfig { num, fail_open: opts.fail_open, ..QueueConfig::default() };
     let mut ct = tryc!(Conntrack::open().context("open ctnetlink socket"));
-    let mut queue = tryc!(Queue::open(&QueueConfig { num: opts.queue, fail_open: opts.fail_open, ..QueueConfig::default() }));
+    let mut queue = tryc!(Queue::open(&qcfg(opts.queue)));
+    // Workers for the other queues. Netlink sockets stay in the thread that made them; each
+    // worker binds its queue (before the divert rule exists: fact 9), says so, then waits for
+    // the shared state.
+    let mut workers = Vec::new();
+    for i in 1..opts.queues {
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
+        let (go_tx, go_rx) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
+        let cfg = qcfg(opts.queue + i);
+        spawn(&format!("queue-{}", cfg.num), move || {
+            let opened = Conntrack::open()
+                .context("open ctnetlink socket")
+                .and_then(|ct| Ok((ct, Queue::open(&cfg)?)));
+            let (mut ct, mut q) = match opened {
+                Ok(v) => {
+                    let _ = ready_tx.send(Ok(()));
+                    v
+                }
+                Err(e) => return drop(ready_tx.send(Err(e))),
+            };
+            if let Ok(sh) = go_rx.recv() {
+                worker(&sh, &mut q, &mut ct);
+            }
+        });
+        tryc!(ready_rx.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("queue worker died"))));
+        workers.push(go_tx);
+    }
     let server = tryc!(control::Server::bind(&opts.control)
         .with_context(|| format!("control socket {}", opts.control.display())));
     cleanup.lock().unwrap().control = Some(opts.control.clone());
@@ -294,6 +324,9 @@ fn start(
         move || signal_loop(&sh, sigset)
     });
     let _ = shared_tx.send(shared.clone());
+    for w in workers {
+        let _ = w.send(shared.clone());
+    }
     spawn("ticker", {
         let sh = shared.clone();
         move || ticker_loop(&sh)
@@ -303,21 +336,27 @@ fn start(
         move || server.serve(|req| handle_adm(&sh, req))
     });
     info!(
-        "nfvs: ready (queue {} via {qimpl}, table ip {}, masquerade [{}], control {})",
+        "nfvs: ready (queue {}{} via {qimpl}, table ip {}, masquerade [{}], control {})",
         queue.num(),
+        if shared.opts.queues > 1 { format!("-{}", queue.num() + shared.opts.queues - 1) } else { String::new() },
         crate::ruleset::TABLE,
         shared.opts.masquerade.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "),
         shared.opts.control.display()
     );
 
-    if let Err(e) = packet_loop(&shared, &mut queue, &mut ct) {
-        let mut c = shared.cleanup.lock().unwrap_or_else(|e| e.into_inner());
+    worker(&shared, &mut queue, &mut ct);
+    Ok(())
+}
+
+/// Runs one queue's packet loop; a fatal error stops the whole daemon, cleaned up.
+fn worker(sh: &Shared, queue: &mut Queue, ct: &mut Conntrack) {
+    if let Err(e) = packet_loop(sh, queue, ct) {
+        let mut c = sh.cleanup.lock().unwrap_or_else(|e| e.into_inner());
         c.run();
         drop(c);
-        eprintln!("nfvs: error: {e:#}");
+        eprintln!("nfvs: error: queue {}: {e:#}", queue.num());
         std::process::exit(1);
     }
-    Ok(())
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
@@ -560,7 +599,7 @@ fn reload(sh: &Shared) -> anyhow::Result<usize> {
 fn stop(sh: &Shared, set: &libc::sigset_t) -> ! {
     let installed = sh.cleanup.lock().unwrap_or_else(|e| e.into_inner()).table_installed;
     if installed && !sh.opts.drain_timeout.is_zero() {
-        let draining = Ruleset { diverts: Vec::new(), ..ruleset_for(&Table::new(), &sh.opts.masquerade, sh.opts.queue) };
+        let draining = Ruleset { diverts: Vec::new(), ..ruleset_for(&Table::new(), &sh.opts.masquerade, sh.opts.queue, sh.opts.queues) };
         match nftables::apply(&draining, sh.qimpl) {
             Ok(()) => drain(sh, set),
             Err(e) => warn!("could not remove the divert rules before draining: {e}"),

@@ -47,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rules,
                 masquerade: net.masquerade,
                 queue: net.queue,
+                queues: net.queues,
                 state_dir,
                 control: control.unwrap_or_else(control::default_path),
                 ct_mark,
@@ -64,14 +65,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rules { table } => {
             let t = config::load_rules(&table.rules)?;
-            let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue);
+            let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue, table.net.queues);
             rs.validate()?;
             print!("{}", rs.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { rules } => {
             let t = config::load_rules(&rules)?;
-            let rs = daemon::ruleset_for(&t, &[], 0);
+            let rs = daemon::ruleset_for(&t, &[], 0, 1);
             rs.validate()?;
             print!("{}", listing::save(&t, true, &listing::PortNames::none()));
             Ok(ExitCode::SUCCESS)
