@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::kernel::conntrack::{CtEntry, TcpState};
 use crate::nat::Tuple;
 use crate::persist::TemplateId;
+use crate::sched::Request;
 use crate::service::{DestId, Protocol, ServiceKey, Table};
 use crate::stats::Counters;
 
@@ -114,7 +115,9 @@ impl Conns {
     }
 
     /// A NEW or UPDATE event, or an entry found in a dump, for an entry carrying our mark.
-    pub fn seen(&mut self, table: &mut Table, e: &CtEntry) {
+    /// `now` is the daemon's clock, for the scheduler and template state an entry of an
+    /// earlier run rebuilds.
+    pub fn seen(&mut self, table: &mut Table, e: &CtEntry, now: Duration) {
         let active = e.orig.proto == 6 && is_active(e.tcp_state);
         if let Some(c) = self.map.get_mut(&e.orig) {
             if e.id.is_some() && e.id == c.replaced {
@@ -132,11 +135,15 @@ impl Conns {
         }
         // Unknown: created by an earlier run of the daemon (found by the dump on start). Its
         // service is the VIP it was sent to, its server the reply tuple's source (fact 1).
+        // The scheduler's cache (lblc/lblcr) and the persistence template it implies are
+        // rebuilt too, so the restarted daemon schedules as if it had never stopped.
         let proto = if e.orig.proto == 6 { Protocol::Tcp } else { Protocol::Udp };
         let svc = ServiceKey { proto, addr: e.orig.dst, port: e.orig.dport };
-        let Some(s) = table.services().iter().find(|s| s.key() == svc) else { return };
+        let Some(s) = table.service_mut(&svc) else { return };
         let Some(i) = s.dest_index(e.reply.src, e.reply.sport) else { return };
-        let c = Conn { svc, dest: s.dests[i].id, active, id: e.id, replaced: None, sampled: traffic(e), template: None };
+        let req = Request { caddr: e.orig.src, cport: e.orig.sport, daddr: e.orig.dst, dport: e.orig.dport, now };
+        let template = s.restore(&req, i);
+        let c = Conn { svc, dest: s.dests[i].id, active, id: e.id, replaced: None, sampled: traffic(e), template };
         self.map.insert(e.orig, c);
         bind(table, &c);
     }
@@ -178,13 +185,17 @@ impl Conns {
         out
     }
 
-    /// Forgets everything and rebuilds from a dump (after events were lost).
-    pub fn rebuild(&mut self, table: &mut Table, entries: &[CtEntry]) {
+    /// Forgets everything and rebuilds from a dump (after events were lost). Connections let
+    /// go of their templates first, or the templates would stay attached forever.
+    pub fn rebuild(&mut self, table: &mut Table, entries: &[CtEntry], now: Duration) {
         for c in std::mem::take(&mut self.map).values() {
             unbind(table, c);
+            if let (Some(t), Some(s)) = (c.template, table.service_mut(&c.svc)) {
+                s.release_template(t, now);
+            }
         }
         for e in entries {
-            self.seen(table, e);
+            self.seen(table, e, now);
         }
     }
 
@@ -287,14 +298,14 @@ mod tests {
         c.scheduled(&mut t, tuple(1000), svc, d131, None, None);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
         // Our entry's NEW event (state NONE) and the handshake change nothing.
-        c.seen(&mut t, &entry(1000, 131, TcpState::None, 9, 0));
-        c.seen(&mut t, &entry(1000, 131, TcpState::SynSent, 9, 1));
-        c.seen(&mut t, &entry(1000, 131, TcpState::Established, 9, 2));
+        c.seen(&mut t, &entry(1000, 131, TcpState::None, 9, 0), Duration::ZERO);
+        c.seen(&mut t, &entry(1000, 131, TcpState::SynSent, 9, 1), Duration::ZERO);
+        c.seen(&mut t, &entry(1000, 131, TcpState::Established, 9, 2), Duration::ZERO);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
         // First FIN: inactive; TIME_WAIT stays inactive; DESTROY forgets it and reports its
         // traffic.
-        c.seen(&mut t, &entry(1000, 131, TcpState::FinWait, 9, 5));
-        c.seen(&mut t, &entry(1000, 131, TcpState::TimeWait, 9, 6));
+        c.seen(&mut t, &entry(1000, 131, TcpState::FinWait, 9, 5), Duration::ZERO);
+        c.seen(&mut t, &entry(1000, 131, TcpState::TimeWait, 9, 6), Duration::ZERO);
         assert_eq!(counts(&t), [(0, 1), (0, 0)]);
         let d = c.destroyed(&mut t, &entry(1000, 131, TcpState::TimeWait, 9, 7), Duration::ZERO).unwrap();
         assert_eq!((d.dest, d.counters.inpkts, d.counters.outbytes), (d131, 7, 7000));
@@ -306,15 +317,43 @@ mod tests {
     fn dump_on_restart_rebuilds_counts() {
         let mut t = parse_rules(LAB, "t").unwrap();
         let mut c = Conns::new();
-        c.seen(&mut t, &entry(1, 130, TcpState::Established, 1, 0));
-        c.seen(&mut t, &entry(2, 130, TcpState::TimeWait, 2, 0));
-        c.seen(&mut t, &entry(3, 131, TcpState::SynSent, 3, 0));
+        c.seen(&mut t, &entry(1, 130, TcpState::Established, 1, 0), Duration::ZERO);
+        c.seen(&mut t, &entry(2, 130, TcpState::TimeWait, 2, 0), Duration::ZERO);
+        c.seen(&mut t, &entry(3, 131, TcpState::SynSent, 3, 0), Duration::ZERO);
         // A server that is not (or no longer) in the table is ignored.
-        c.seen(&mut t, &entry(4, 199, TcpState::Established, 4, 0));
+        c.seen(&mut t, &entry(4, 199, TcpState::Established, 4, 0), Duration::ZERO);
         assert_eq!(counts(&t), [(1, 0), (1, 1)]);
         assert_eq!(c.len(), 3);
-        c.rebuild(&mut t, &[entry(3, 131, TcpState::Established, 3, 0)]);
+        c.rebuild(&mut t, &[entry(3, 131, TcpState::Established, 3, 0)], Duration::ZERO);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
+    }
+
+    /// A restarted daemon schedules as if it had never stopped: the dump rebuilds the
+    /// persistence template of a persistent service and lblc's destination cache.
+    #[test]
+    fn dump_on_restart_rebuilds_templates_and_lblc_cache() {
+        let vip = Ipv4Addr::new(192, 168, 199, 200);
+        let req = |port: u16| Request { caddr: Ipv4Addr::new(192, 168, 199, 1), cport: port, daddr: vip, dport: 80, now: Duration::from_secs(1) };
+
+        // rr over [.131, .130] would pick .131 first; the template from the dump says .130.
+        let mut t = parse_rules(&LAB.replace("-s wlc", "-s rr -p 60"), "t").unwrap();
+        let mut c = Conns::new();
+        c.seen(&mut t, &entry(1, 130, TcpState::TimeWait, 1, 0), Duration::ZERO);
+        let s = &mut t.services_mut()[0];
+        assert_eq!(s.dests[1].persist, 1);
+        let p = s.schedule(&req(2)).unwrap();
+        assert!(p.persistent_hit);
+        assert_eq!(s.dests[p.index].addr, Ipv4Addr::new(192, 168, 226, 130));
+
+        // lblc over [.131 w2, .130 w2]: two connections on .131 -> the VIP is cached there; a
+        // fresh cache would take wlc's choice, .130.
+        let mut t = parse_rules(&LAB.replace("-s wlc", "-s lblc").replace("-w 1", "-w 2"), "t").unwrap();
+        let mut c = Conns::new();
+        c.seen(&mut t, &entry(1, 131, TcpState::Established, 1, 0), Duration::ZERO);
+        c.seen(&mut t, &entry(2, 131, TcpState::Established, 2, 0), Duration::ZERO);
+        let s = &mut t.services_mut()[0];
+        let p = s.schedule(&req(3)).unwrap();
+        assert_eq!(s.dests[p.index].addr, Ipv4Addr::new(192, 168, 226, 131));
     }
 
     #[test]
@@ -324,15 +363,15 @@ mod tests {
         let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
         let mut c = Conns::new();
         c.scheduled(&mut t, tuple(7), svc, a, None, None);
-        c.seen(&mut t, &entry(7, 131, TcpState::TimeWait, 70, 3));
+        c.seen(&mut t, &entry(7, 131, TcpState::TimeWait, 70, 3), Duration::ZERO);
         // The client reuses port 7: nfvs deletes entry 70 and creates a new one on .130.
         c.scheduled(&mut t, tuple(7), svc, b, Some(70), None);
         assert_eq!(counts(&t), [(0, 0), (1, 0)]);
         // Late events of entry 70 (its DESTROY from the delete) do not touch the new one.
-        c.seen(&mut t, &entry(7, 131, TcpState::Close, 70, 3));
+        c.seen(&mut t, &entry(7, 131, TcpState::Close, 70, 3), Duration::ZERO);
         assert!(c.destroyed(&mut t, &entry(7, 131, TcpState::Close, 70, 3), Duration::ZERO).is_none());
         assert_eq!(counts(&t), [(0, 0), (1, 0)]);
-        c.seen(&mut t, &entry(7, 130, TcpState::SynSent, 71, 1));
+        c.seen(&mut t, &entry(7, 130, TcpState::SynSent, 71, 1), Duration::ZERO);
         assert!(c.destroyed(&mut t, &entry(7, 130, TcpState::Close, 71, 2), Duration::ZERO).is_some());
         assert_eq!(counts(&t), [(0, 0), (0, 0)]);
     }
@@ -344,7 +383,7 @@ mod tests {
         let a = t.services()[0].dests[0].id;
         let mut c = Conns::new();
         c.scheduled(&mut t, tuple(9), svc, a, None, None);
-        c.seen(&mut t, &entry(9, 131, TcpState::Established, 90, 1));
+        c.seen(&mut t, &entry(9, 131, TcpState::Established, 90, 1), Duration::ZERO);
         let d = c.sample(&[entry(9, 131, TcpState::Established, 90, 4)]);
         assert_eq!(d[0].counters.inpkts, 4);
         assert!(c.sample(&[entry(9, 131, TcpState::Established, 90, 4)]).is_empty());

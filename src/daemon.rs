@@ -108,6 +108,90 @@ struct Shared {
     qimpl: QueueImpl,
     start: Instant,
     loop_stats: LoopStats,
+    /// Answers SYNs that no server can take; `None` if the raw socket could not be opened.
+    refuser: Option<Refuser>,
+}
+
+/// IPVS answers a connection it cannot schedule with ICMP port unreachable from the VIP
+/// (`ip_vs_leave`/`ip_vs_in`: `icmp_send(skb, ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0)`), so the
+/// client's connect() fails at once with ECONNREFUSED instead of retrying its SYN until it
+/// times out (lvs-semantics.md §1.3). The SYN never reached conntrack (it is dropped in raw
+/// PREROUTING), so nfvs sends the error itself, from a raw socket.
+struct Refuser {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Refuser {
+    /// `IPPROTO_RAW` implies IP_HDRINCL: we write the IP header; the kernel fills in its
+    /// checksum and, when zero, its id (raw(7)).
+    fn open() -> std::io::Result<Refuser> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned from here on.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        Ok(Refuser { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Sends ICMP port unreachable for the queued IPv4 packet `orig` (already parsed, so its
+    /// header is sound) from its destination to its source, quoting its IP header and first
+    /// 8 bytes of payload (RFC 792), which carry the ports and sequence number the client's
+    /// TCP checks (`tcp_v4_err`).
+    fn refuse(&self, orig: &[u8]) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let bad = || std::io::Error::from(std::io::ErrorKind::InvalidData);
+        let ihl = usize::from(orig.first().ok_or_else(bad)? & 0x0f) * 4;
+        if ihl < 20 || orig.len() < ihl {
+            return Err(bad());
+        }
+        let quote = &orig[..orig.len().min(ihl + 8)];
+        let total = 20 + 8 + quote.len();
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[1] = 0xc0; // IPTOS_PREC_INTERNETCONTROL, as icmp_send
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64; // TTL
+        p[9] = libc::IPPROTO_ICMP as u8;
+        p[12..16].copy_from_slice(&orig[16..20]); // from the VIP the client asked for
+        p[16..20].copy_from_slice(&orig[12..16]); // to the client
+        p[20] = 3; // ICMP_DEST_UNREACH
+        p[21] = 3; // ICMP_PORT_UNREACH
+        p[28..].copy_from_slice(quote);
+        let sum = internet_checksum(&p[20..]);
+        p[22..24].copy_from_slice(&sum.to_be_bytes());
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([orig[12], orig[13], orig[14], orig[15]]) },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `p` and `to` are valid for the lengths given during the call.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 impl Shared {
@@ -300,8 +384,9 @@ fn start(
     state.installed = state.table.services().iter().map(|s| s.key()).collect();
     // Connections balanced by an earlier run (a restart): count them as if we never stopped.
     let existing = tryc!(ct.dump(opts.ct_mark, u32::MAX));
+    // The daemon's clock starts at zero just below.
     for e in &existing {
-        state.conns.seen(&mut state.table, e);
+        state.conns.seen(&mut state.table, e, Duration::ZERO);
     }
     if !state.conns.is_empty() {
         info!("found {} connection(s) balanced by an earlier run; counting them", state.conns.len());
@@ -318,6 +403,7 @@ fn start(
         qimpl,
         start: Instant::now(),
         loop_stats: LoopStats::default(),
+        refuser: Refuser::open().map_err(|e| warn!("cannot open a raw socket for ICMP refusals: {e}")).ok(),
     });
     spawn("signals", {
         let sh = shared.clone();
@@ -382,7 +468,7 @@ fn packet_loop(sh: &Shared, queue: &mut Queue, ct: &mut Conntrack) -> anyhow::Re
             }
         };
         let verdict = match packet::parse(msg.get_payload()) {
-            Ok(flow) => decide(sh, ct, &flow),
+            Ok(flow) => decide(sh, ct, &flow, msg.get_payload()),
             Err(e) => {
                 sh.loop_stats.malformed.fetch_add(1, Ordering::Relaxed);
                 debug!("accepting unparsed packet unmodified: {e}");
@@ -394,7 +480,7 @@ fn packet_loop(sh: &Shared, queue: &mut Queue, ct: &mut Conntrack) -> anyhow::Re
 }
 
 /// One new-connection decision: schedule, create the DNAT entry, count it, log it.
-fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey) -> Verdict {
+fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey, packet: &[u8]) -> Verdict {
     let ls = &sh.loop_stats;
     let proto = if flow.proto == 6 { Protocol::Tcp } else { Protocol::Udp };
     let key = ServiceKey { proto, addr: flow.dst, port: flow.dport };
@@ -411,7 +497,12 @@ fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey) -> Verdict {
     let sched = svc.scheduler_name();
     let Some(pick) = svc.schedule(&req) else {
         ls.no_dest.fetch_add(1, Ordering::Relaxed);
-        warn!("conn client={client} vip={} sched={sched} rs=none: no eligible real server, SYN dropped", key.vip());
+        warn!("conn client={client} vip={} sched={sched} rs=none: no eligible real server, refused", key.vip());
+        if let Some(r) = &sh.refuser {
+            if let Err(e) = r.refuse(packet) {
+                debug!("ICMP port unreachable to {client}: {e}");
+            }
+        }
         return Verdict::Drop;
     };
     let dest = &svc.dests[pick.index];
@@ -484,7 +575,7 @@ fn event_loop(sh: &Shared, mut events: CtEvents) {
                         continue;
                     }
                     match ev.kind {
-                        CtEventKind::New | CtEventKind::Update => st.conns.seen(&mut st.table, &ev.entry),
+                        CtEventKind::New | CtEventKind::Update => st.conns.seen(&mut st.table, &ev.entry, now),
                         CtEventKind::Destroy => {
                             if let Some(d) = st.conns.destroyed(&mut st.table, &ev.entry, now) {
                                 st.stats.record(&d.svc, Some(d.dest), &d.counters);
@@ -519,7 +610,8 @@ fn resync(sh: &Shared) {
         Ok(entries) => {
             let mut st = sh.lock();
             let st = &mut *st;
-            st.conns.rebuild(&mut st.table, &entries);
+            let now = sh.now();
+            st.conns.rebuild(&mut st.table, &entries, now);
         }
         Err(e) => warn!("cannot dump conntrack to recount connections: {e}"),
     }

@@ -210,6 +210,24 @@ impl Persistence {
         Some(Pick { index, template, created: true })
     }
 
+    /// A connection an earlier run of the daemon attached to the template for `key` on `dest`
+    /// (found in the conntrack dump on start). The old template's timer died with the old
+    /// process: the connection attaches to the findable template for `key` if it names the same
+    /// destination, else to a new one, and the timer restarts from `now` with `timeout`, as if
+    /// the connection had just been scheduled. Returns the template and whether it is new
+    /// (its destination's PersistConn goes up by one).
+    pub fn restore(&mut self, key: TemplateKey, dest: DestId, timeout: Duration, now: Duration) -> (TemplateId, bool) {
+        if let Some(&id) = self.live.get(&key) {
+            if self.catch_up(id, now) {
+                if let Some(t) = self.all.get_mut(&id).filter(|t| t.dest == dest) {
+                    t.attach(now);
+                    return (id, false);
+                }
+            }
+        }
+        (self.insert(key, dest, timeout, now), true)
+    }
+
     /// A connection attached to template `id` went away (`ip_vs_control_del`). The template's
     /// timer is not touched.
     pub fn release(&mut self, id: TemplateId, now: Duration) {

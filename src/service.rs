@@ -187,6 +187,23 @@ impl Service {
         self.sched.on_counts(&self.dests, i);
     }
 
+    /// Rebuilds what the scheduler and the persistence templates remember from a connection an
+    /// earlier run scheduled to `dests[index]` for `req` (found in the conntrack dump on
+    /// start): lblc/lblcr point their cache for `req.daddr` at it ([`Scheduler::restore`]); a
+    /// persistent service re-creates the client's template and attaches the connection to it.
+    /// Returns that template.
+    pub fn restore(&mut self, req: &Request, index: usize) -> Option<TemplateId> {
+        let dest = self.dests.get(index)?.id;
+        self.sched.restore(&self.dests, req, index);
+        let timeout = self.spec.persistent?;
+        let key = TemplateKey::new(&self.spec.key, self.spec.netmask, req.caddr, req.daddr, req.dport);
+        let (id, created) = self.persist.restore(key, dest, Duration::from_secs(u64::from(timeout)), req.now);
+        if created {
+            self.dests[index].persist += 1;
+        }
+        Some(id)
+    }
+
     /// A connection attached to a template went away.
     pub fn release_template(&mut self, id: TemplateId, now: Duration) {
         self.persist.release(id, now);

@@ -127,8 +127,18 @@ fn get_from_port(local_port: u16) -> std::io::Result<String> {
         if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
+        // After the previous connection, the client's socket waits in LAST_ACK for the
+        // server's final ACK and holds the 4-tuple meanwhile: connect() answers EADDRNOTAVAIL
+        // until it arrives (microseconds, more on a loaded machine). That is the client's own
+        // state, not the balancer's, so wait for it (bounded).
+        let mut tries = 0;
+        while libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+            let e = std::io::Error::last_os_error();
+            tries += 1;
+            if e.raw_os_error() != Some(libc::EADDRNOTAVAIL) || tries > 200 {
+                return Err(e);
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
