@@ -90,6 +90,8 @@ pub struct LoopStats {
     pub not_ours: AtomicU64,
     pub malformed: AtomicU64,
     pub ct_errors: AtomicU64,
+    /// SYNs the kernel dropped because the queue was full (from /proc).
+    pub queue_dropped: AtomicU64,
 }
 
 /// Everything the threads share.
@@ -624,14 +626,42 @@ fn ticker_loop(sh: &Shared) {
         Ok(c) => c,
         Err(e) => return warn!("statistics disabled: {e}"),
     };
+    let mut dropped = queue_drops(sh);
     loop {
         std::thread::sleep(ESTIMATOR_INTERVAL);
+        let now_dropped = queue_drops(sh);
+        if now_dropped > dropped {
+            warn!(
+                "overload: the kernel dropped {} SYN(s) in the last {}s because the queue was full \
+                 (clients retry after ~1s; --fail-open lets them through unbalanced instead; \
+                 --queues spreads the load over more workers)",
+                now_dropped - dropped,
+                ESTIMATOR_INTERVAL.as_secs()
+            );
+        }
+        dropped = now_dropped;
+        sh.loop_stats.queue_dropped.store(dropped, Ordering::Relaxed);
         sample_traffic(sh, &mut ct);
         let mut st = sh.lock();
         st.stats.tick();
         let now = sh.now();
         st.table.expire_templates(now);
     }
+}
+
+/// Packets the kernel dropped because our queues were full or our socket could not take
+/// them: columns 6 and 7 (queue_dropped, queue_user_dropped) of
+/// /proc/net/netfilter/nfnetlink_queue (nfnetlink_queue.c, seq_show), for our queue numbers.
+fn queue_drops(sh: &Shared) -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue") else { return 0 };
+    let ours = sh.opts.queue..sh.opts.queue.saturating_add(sh.opts.queues);
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+            let num = u16::try_from(*f.first()?).ok()?;
+            ours.contains(&num).then(|| f.get(5).copied().unwrap_or(0) + f.get(6).copied().unwrap_or(0))
+        })
+        .sum()
 }
 
 fn sample_traffic(sh: &Shared, ct: &mut Conntrack) {
