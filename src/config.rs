@@ -974,7 +974,9 @@ pub fn parse_rules_with(text: &str, path: &str, defaults: SchedOptions) -> Resul
         }
         apply(&mut table, &cmd).map_err(|e| {
             let mut m = edit_message(&cmd, &e);
-            if e == EditError::NoService {
+            if let Some(h) = edit_hint(&e) {
+                m.push_str(&format!(" ({h})"));
+            } else if e == EditError::NoService {
                 m.push_str(" (a real server's service must be added with -A on an earlier line)");
             }
             err(m)
@@ -986,13 +988,22 @@ pub fn parse_rules_with(text: &str, path: &str, defaults: SchedOptions) -> Resul
     Ok(table)
 }
 
-/// ipvsadm's message for a refused table edit (lvs-semantics.md §8.4), with nfvs's advice.
+/// ipvsadm's message for a refused table edit (lvs-semantics.md §8.4), exactly: scripts
+/// match on it. [`edit_hint`] has nfvs's own detail.
 pub fn edit_message(cmd: &Command, e: &EditError) -> String {
     let dest_cmd = matches!(cmd, Command::AddDest(..) | Command::EditDest(..) | Command::DelDest(..));
     match (e, dest_cmd) {
         (EditError::NoService, true) => "Service not defined".to_string(),
-        (EditError::Scheduler(u), _) => format!("Scheduler or persistence engine not found ({u})"),
+        (EditError::Scheduler(_), _) => "Scheduler or persistence engine not found".to_string(),
         (e, _) => e.to_string(),
+    }
+}
+
+/// What nfvs can add to [`edit_message`]: the scheduler names it knows.
+pub fn edit_hint(e: &EditError) -> Option<String> {
+    match e {
+        EditError::Scheduler(u) => Some(u.to_string()),
+        _ => None,
     }
 }
 

@@ -116,11 +116,20 @@ pub fn call(path: &Path, req: &Request) -> Result<Reply, String> {
         _ => format!("cannot connect to {}: {e}", path.display()),
     })?;
     let io_err = |e: io::Error| format!("talking to the nfvs daemon on {}: {e}", path.display());
-    s.write_all(&encode_request(req)).map_err(io_err)?;
-    s.shutdown(std::net::Shutdown::Write).map_err(io_err)?;
+    let sent = s.write_all(&encode_request(req)).and_then(|()| s.shutdown(std::net::Shutdown::Write));
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(io_err)?;
-    decode_reply(&buf)
+    let read = s.read_to_end(&mut buf);
+    // A daemon that refuses the peer (SO_PEERCRED) answers without reading the request and
+    // closes: the write may then fail with EPIPE, or the read end in ECONNRESET (af_unix.c,
+    // unix_release_sock: unread data left behind), after its answer arrived. The answer wins.
+    match decode_reply(&buf) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            sent.map_err(io_err)?;
+            read.map_err(io_err)?;
+            Err(e)
+        }
+    }
 }
 
 /// Server side: the bound listening socket, removed on drop.

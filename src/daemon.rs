@@ -278,9 +278,17 @@ fn block_signals() -> libc::sigset_t {
 
 /// The sysctls nfvs sets: the seed's director settings, plus conntrack accounting (packet and
 /// byte counters for `--stats`).
-fn wanted_sysctls(s: &Sysctl) -> anyhow::Result<Vec<Setting>> {
+fn wanted_sysctls(s: &Sysctl, expire_nodest: bool) -> anyhow::Result<Vec<Setting>> {
     let mut w = s.director_settings()?;
     w.push(Setting::new("net/netfilter/nf_conntrack_acct", "1"));
+    if expire_nodest {
+        // An expired flow must stay dead. With loose pick-up (the default) the real server's
+        // next segment re-creates an entry mid-stream and MASQUERADE maps it back to VIP:port,
+        // so the flow carries on. Without it that segment is INVALID and not NATed; the
+        // client's next one reaches the director's own stack, which answers RST, as after
+        // IPVS's expire_nodest_conn (nf_conntrack_proto_tcp.c, tcp_new(): !tn->tcp_loose).
+        w.push(Setting::new("net/netfilter/nf_conntrack_tcp_loose", "0"));
+    }
     Ok(w)
 }
 
@@ -356,7 +364,7 @@ fn start(
     cleanup.lock().unwrap().control = Some(opts.control.clone());
 
     let sysctl = Sysctl::system(&opts.state_dir);
-    let wanted = tryc!(wanted_sysctls(&sysctl));
+    let wanted = tryc!(wanted_sysctls(&sysctl, opts.expire_nodest));
     // Record the sysctl guard before applying, so a half-applied set is still restored.
     cleanup.lock().unwrap().sysctl = Some(sysctl.clone());
     tryc!(sysctl.apply(&wanted));
@@ -790,7 +798,7 @@ fn apply_edit(sh: &Shared, st: &mut State, cmd: &Command) -> Result<(), crate::s
     config::apply(&mut st.table, cmd)?;
     for (k, id) in removed {
         if sh.opts.expire_nodest {
-            expire_dest_conns(sh, st, id);
+            expire_dest_conns(st, id);
         }
         st.conns.forget_dest(id);
         st.stats.remove_dest(&k, id);
@@ -803,7 +811,7 @@ fn apply_edit(sh: &Shared, st: &mut State, cmd: &Command) -> Result<(), crate::s
     Ok(())
 }
 
-fn expire_dest_conns(sh: &Shared, st: &State, id: crate::service::DestId) {
+fn expire_dest_conns(st: &State, id: crate::service::DestId) {
     let tuples = st.conns.of_dest(id);
     if tuples.is_empty() {
         return;
@@ -815,7 +823,6 @@ fn expire_dest_conns(sh: &Shared, st: &State, id: crate::service::DestId) {
         }
         Err(e) => warn!("expire-nodest: {e}"),
     }
-    let _ = sh;
 }
 
 /// ipvsadm's exit status for kernel-side errors.
@@ -901,7 +908,11 @@ fn run_adm(sh: &Shared, cmd: &Command, stdin: &str) -> Reply {
         edit => {
             let mut st = sh.lock();
             if let Err(e) = apply_edit(sh, &mut st, edit) {
-                return Reply::err(KERNEL_ERR, config::edit_message(edit, &e));
+                let mut msg = config::edit_message(edit, &e);
+                if let Some(h) = config::edit_hint(&e) {
+                    msg.push_str(&format!("\n  nfvs: {h}"));
+                }
+                return Reply::err(KERNEL_ERR, msg);
             }
             if let Err(e) = sh.sync_rules(&mut st) {
                 return Reply::err(KERNEL_ERR, format!("table updated but the nft rules were not: {e:#}"));
