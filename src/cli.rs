@@ -51,6 +51,13 @@ pub struct NetArgs {
     /// one worker thread per queue.
     #[arg(long, value_name = "COUNT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub queues: u16,
+    /// What happens to new connections the daemon cannot take (SYNs beyond what its queue
+    /// holds, and every SYN while no daemon runs): `drop` — the kernel drops them and
+    /// clients retry after about a second, so every connection is a scheduler decision;
+    /// `fallback` — a static kernel rule in table ip nfvs balances them by weight (no
+    /// scheduler, no counters), so nothing is refused even while nfvs restarts.
+    #[arg(long, value_enum, default_value_t = OverloadArg::Drop)]
+    pub overload: OverloadArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,10 +89,6 @@ pub enum Command {
         /// Conntrack mark put on the entries nfvs creates (to find them in dumps and events).
         #[arg(long, value_name = "MARK", default_value = "0x6e667673", value_parser = parse_u32)]
         ct_mark: u32,
-        /// When the queue is full, let SYNs through unbalanced instead of dropping them
-        /// (clients then get a RST from the director instead of retrying).
-        #[arg(long)]
-        fail_open: bool,
         /// On SIGTERM/SIGINT, stop balancing new connections at once but wait up to this many
         /// seconds for running ones to finish before removing the table and restoring the
         /// sysctls (which cuts whatever still runs). 0 stops at once. A second signal stops at
@@ -131,6 +134,22 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "IPVSADM ARGS")]
         args: Vec<String>,
     },
+}
+
+/// `--overload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverloadArg {
+    Drop,
+    Fallback,
+}
+
+impl From<OverloadArg> for crate::daemon::Overload {
+    fn from(o: OverloadArg) -> Self {
+        match o {
+            OverloadArg::Drop => crate::daemon::Overload::Drop,
+            OverloadArg::Fallback => crate::daemon::Overload::Fallback,
+        }
+    }
 }
 
 /// `--overhead`.

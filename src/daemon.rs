@@ -32,7 +32,7 @@ use crate::kernel::sysctl::{Setting, Sysctl};
 use crate::listing::{self, ConnRow, PortNames};
 use crate::nat::CtMapping;
 use crate::packet::{self, FlowKey};
-use crate::ruleset::{Cidr, Divert, QueueSpec, Ruleset};
+use crate::ruleset::{Cidr, Divert, FallbackRule, QueueSpec, Ruleset};
 use crate::sched::Request as SchedRequest;
 use crate::service::{Protocol, ServiceKey, Table};
 use crate::stats::{Counters, StatsTable, ESTIMATOR_INTERVAL};
@@ -55,8 +55,8 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     pub control: PathBuf,
     pub ct_mark: u32,
-    /// Accept SYNs unbalanced instead of dropping them when the queue is full.
-    pub fail_open: bool,
+    /// What happens to SYNs the daemon cannot take (queue full, or no daemon).
+    pub overload: Overload,
     /// How long a SIGTERM/SIGINT stop waits for running connections before it cuts them.
     pub drain_timeout: Duration,
     /// Deleting a real server deletes its connections at once (IPVS's expire_nodest_conn)
@@ -66,8 +66,22 @@ pub struct RunOptions {
     pub sched: crate::sched::SchedOptions,
 }
 
+/// What happens to new connections the daemon cannot take: SYNs beyond what the queue holds,
+/// and all SYNs while no daemon is bound to the queue (crashed, or restarting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overload {
+    /// The kernel drops them; clients retry (after ~1 s, then 3 s, ...). Every balanced
+    /// connection is the daemon's decision.
+    #[default]
+    Drop,
+    /// They go on to a static kernel rule that balances them by weight (design.md fact 7):
+    /// nothing is refused, but these connections bypass the scheduler and its counters. The
+    /// queue gets fail-open and bypass.
+    Fallback,
+}
+
 /// The wanted ruleset for a table of services.
-pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16, queues: u16) -> Ruleset {
+pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16, queues: u16, overload: Overload) -> Ruleset {
     let diverts = table
         .services()
         .iter()
@@ -76,8 +90,22 @@ pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16, queues: u16) 
             Divert { proto: k.proto, vip: k.addr, port: k.port }
         })
         .collect();
-    let queue = QueueSpec { num: queue, total: queues, bypass: false, fanout: queues > 1 };
-    Ruleset { queue, diverts, masquerade: masquerade.to_vec() }
+    let fallback = match overload {
+        Overload::Drop => Vec::new(),
+        Overload::Fallback => table
+            .services()
+            .iter()
+            .filter(|s| s.key().proto == Protocol::Tcp)
+            .map(|s| FallbackRule {
+                vip: s.key().addr,
+                port: s.key().port,
+                servers: s.dests.iter().map(|d| (d.addr, d.port, d.weight)).collect(),
+            })
+            .filter(|f| !f.steps().is_empty())
+            .collect(),
+    };
+    let queue = QueueSpec { num: queue, total: queues, bypass: overload == Overload::Fallback, fanout: queues > 1 };
+    Ruleset { queue, diverts, masquerade: masquerade.to_vec(), fallback }
 }
 
 /// Counters of what the packet loop did.
@@ -99,8 +127,8 @@ pub struct State {
     pub table: Table,
     pub conns: Conns,
     pub stats: StatsTable,
-    /// The service keys the installed divert rules match.
-    installed: Vec<ServiceKey>,
+    /// The ruleset installed now.
+    installed: Ruleset,
 }
 
 struct Shared {
@@ -205,16 +233,22 @@ impl Shared {
         self.start.elapsed()
     }
 
-    /// Re-installs the table when the set of services changed (one atomic batch; the nat
-    /// chains are replaced in the same transaction, so NAT stays registered for running
-    /// flows).
+    /// The ruleset for the current table.
+    fn ruleset(&self, table: &Table) -> Ruleset {
+        let o = &self.opts;
+        ruleset_for(table, &o.masquerade, o.queue, o.queues, o.overload)
+    }
+
+    /// Re-installs the table when what it should hold changed (services; with the fallback,
+    /// servers and weights too): one atomic batch, in which the nat chains are replaced in the
+    /// same transaction, so NAT stays registered for running flows.
     fn sync_rules(&self, st: &mut State) -> anyhow::Result<()> {
-        let keys: Vec<ServiceKey> = st.table.services().iter().map(|s| s.key()).collect();
-        if keys == st.installed {
+        let want = self.ruleset(&st.table);
+        if want == st.installed {
             return Ok(());
         }
-        nftables::apply(&ruleset_for(&st.table, &self.opts.masquerade, self.opts.queue, self.opts.queues), self.qimpl)?;
-        st.installed = keys;
+        nftables::apply(&want, self.qimpl)?;
+        st.installed = want;
         Ok(())
     }
 }
@@ -299,7 +333,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         Some(p) => config::load_rules_with(p, opts.sched)?,
         None => Table::with_defaults(opts.sched),
     };
-    let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue, opts.queues);
+    let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue, opts.queues, opts.overload);
     ruleset.validate()?;
     check_root()?;
 
@@ -330,7 +364,7 @@ fn start(
             }
         };
     }
-    let qcfg = |num| QueueConfig { num, fail_open: opts.fail_open, ..QueueConfig::default() };
+    let qcfg = |num| QueueConfig { num, fail_open: opts.overload == Overload::Fallback, ..QueueConfig::default() };
     let mut ct = tryc!(Conntrack::open().context("open ctnetlink socket"));
     let mut queue = tryc!(Queue::open(&qcfg(opts.queue)));
     // Workers for the other queues. Netlink sockets stay in the thread that made them; each
@@ -390,8 +424,7 @@ fn start(
     cleanup.lock().unwrap().table_installed = true;
     tryc!(nftables::apply(ruleset, qimpl));
 
-    let mut state = State { table, conns: Conns::new(), stats: StatsTable::new(), installed: Vec::new() };
-    state.installed = state.table.services().iter().map(|s| s.key()).collect();
+    let mut state = State { table, conns: Conns::new(), stats: StatsTable::new(), installed: ruleset.clone() };
     // Connections balanced by an earlier run (a restart): count them as if we never stopped.
     let existing = tryc!(ct.dump(opts.ct_mark, u32::MAX));
     // The daemon's clock starts at zero just below.
@@ -729,7 +762,7 @@ fn reload(sh: &Shared) -> anyhow::Result<usize> {
 fn stop(sh: &Shared, set: &libc::sigset_t) -> ! {
     let installed = sh.cleanup.lock().unwrap_or_else(|e| e.into_inner()).table_installed;
     if installed && !sh.opts.drain_timeout.is_zero() {
-        let draining = Ruleset { diverts: Vec::new(), ..ruleset_for(&Table::new(), &sh.opts.masquerade, sh.opts.queue, sh.opts.queues) };
+        let draining = Ruleset { diverts: Vec::new(), fallback: Vec::new(), ..sh.ruleset(&Table::new()) };
         match nftables::apply(&draining, sh.qimpl) {
             Ok(()) => drain(sh, set),
             Err(e) => warn!("could not remove the divert rules before draining: {e}"),

@@ -37,7 +37,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             expire_nodest,
             state_dir,
             ct_mark,
-            fail_open,
             drain_timeout,
             overhead,
             sched_seed,
@@ -51,7 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 state_dir,
                 control: control.unwrap_or_else(control::default_path),
                 ct_mark,
-                fail_open,
+                overload: net.overload.into(),
                 drain_timeout: std::time::Duration::from_secs(drain_timeout),
                 expire_nodest,
                 sched: nfvs::sched::SchedOptions {
@@ -65,14 +64,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rules { table } => {
             let t = config::load_rules(&table.rules)?;
-            let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue, table.net.queues);
+            let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue, table.net.queues, table.net.overload.into());
             rs.validate()?;
             print!("{}", rs.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { rules } => {
             let t = config::load_rules(&rules)?;
-            let rs = daemon::ruleset_for(&t, &[], 0, 1);
+            let rs = daemon::ruleset_for(&t, &[], 0, 1, daemon::Overload::Drop);
             rs.validate()?;
             print!("{}", listing::save(&t, true, &listing::PortNames::none()));
             Ok(ExitCode::SUCCESS)

@@ -206,16 +206,43 @@ impl Divert {
     }
 }
 
-/// What the kernel does with a new connection's SYN when the daemon does not answer.
+/// The kernel's own balancing for one service, used for SYNs that do not reach the daemon
+/// (design.md fact 7): the queue is full (fail-open) or no daemon is bound (bypass). It lives in
+/// the nat prerouting chain, which connections the daemon created never traverse (their NAT is
+/// already set up), so it never touches them.
 ///
-/// Reserved: only [`Fallback::None`] exists, and [`Ruleset`] does not carry it yet. A later
-/// variant adds a static `dnat to numgen ...` rule in `nat_pre` that balances SYNs which bypass
-/// the daemon without touching flows the daemon created (design.md fact 7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Fallback {
-    /// SYNs the daemon does not see are dropped (or, with `bypass`, accepted unbalanced).
-    #[default]
-    None,
+/// Weighted round robin in plain rules, one per server with weight > 0, each with its own
+/// `numgen inc` counter: server i takes `w_i` of every `R_i` connections that reach its rule,
+/// where `R_i` is the weight of server i and all after it. Server 0 thus gets w_0/W of all,
+/// server 1 w_1/(W - w_0) of the rest = w_1/W, and so on; the last rule takes what is left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackRule {
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    /// (address, port, weight) in the service's list order; weight-0 servers are left out.
+    pub servers: Vec<(Ipv4Addr, u16, u32)>,
+}
+
+/// One rule of a [`FallbackRule`]: `numgen inc mod modulus < below` (none for the last) and
+/// the server to DNAT to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FallbackStep {
+    pub numgen: Option<(u32, u32)>,
+    pub to: (Ipv4Addr, u16),
+}
+
+impl FallbackRule {
+    pub fn steps(&self) -> Vec<FallbackStep> {
+        let servers: Vec<_> = self.servers.iter().filter(|s| s.2 > 0).collect();
+        let mut remaining: u32 = servers.iter().map(|s| s.2).sum();
+        let mut out = Vec::new();
+        for (i, (addr, port, w)) in servers.iter().enumerate() {
+            let last = i + 1 == servers.len();
+            out.push(FallbackStep { numgen: (!last).then_some((remaining, *w)), to: (*addr, *port) });
+            remaining -= w;
+        }
+        out
+    }
 }
 
 /// Everything our table holds.
@@ -223,6 +250,8 @@ pub enum Fallback {
 pub struct Ruleset {
     pub queue: QueueSpec,
     pub diverts: Vec<Divert>,
+    /// Kernel-only balancing for SYNs the daemon does not see (empty: they are dropped).
+    pub fallback: Vec<FallbackRule>,
     pub masquerade: Vec<Cidr>,
 }
 
@@ -280,6 +309,15 @@ impl Ruleset {
         writeln!(out, "\tchain {CHAIN_NAT_PRE} {{")?;
         writeln!(out, "\t\ttype nat hook prerouting priority dstnat; policy accept;")?;
         writeln!(out, "\t\tct state new counter")?;
+        for f in &self.fallback {
+            for step in f.steps() {
+                let ng = match step.numgen {
+                    Some((m, below)) => format!("numgen inc mod {m} < {below} "),
+                    None => String::new(),
+                };
+                writeln!(out, "\t\tip daddr {} tcp dport {} {ng}counter dnat to {}:{}", f.vip, f.port, step.to.0, step.to.1)?;
+            }
+        }
         writeln!(out, "\t}}")?;
         writeln!(out)?;
 
@@ -329,6 +367,7 @@ mod tests {
             queue: QueueSpec::single(0),
             diverts: vec![Divert::new(Protocol::Tcp, Ipv4Addr::new(192, 168, 199, 200), 80).unwrap()],
             masquerade: vec![cidr("192.168.226.0/24")],
+            fallback: vec![],
         }
     }
 
@@ -416,6 +455,37 @@ mod tests {
         assert_eq!(lab().validate(), Ok(()));
     }
 
+    #[test]
+    fn fallback_steps_are_weighted_round_robin() {
+        let a = |n| Ipv4Addr::new(10, 0, 0, n);
+        let f = FallbackRule { vip: a(100), port: 80, servers: vec![(a(1), 80, 3), (a(2), 80, 0), (a(3), 81, 1), (a(4), 80, 2)] };
+        let steps = f.steps();
+        // W = 6: server 1 takes 3 of 6; server 3 takes 1 of the remaining 3; server 4 the rest.
+        assert_eq!(steps.iter().map(|s| s.numgen).collect::<Vec<_>>(), [Some((6, 3)), Some((3, 1)), None]);
+        assert_eq!(steps.iter().map(|s| s.to).collect::<Vec<_>>(), [(a(1), 80), (a(3), 81), (a(4), 80)]);
+        // Simulate the per-rule counters over two cycles: exactly 3:1:2 each cycle.
+        let mut counters = vec![0u32; steps.len()];
+        let mut got = vec![0; steps.len()];
+        for _ in 0..12 {
+            for (i, s) in steps.iter().enumerate() {
+                let hit = match s.numgen {
+                    Some((m, below)) => {
+                        let n = counters[i] % m;
+                        counters[i] += 1;
+                        n < below
+                    }
+                    None => true,
+                };
+                if hit {
+                    got[i] += 1;
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, [6, 2, 4]);
+        assert!(FallbackRule { vip: a(1), port: 1, servers: vec![(a(2), 80, 0)] }.steps().is_empty());
+    }
+
     /// Golden text: the seed lab's table. `tests/nftables_kernel.rs` checks that the kernel
     /// lists exactly this (`nft --stateless list table ip nfvs`) after `apply`.
     #[test]
@@ -460,6 +530,7 @@ table ip nfvs {
                 Divert::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 2), 8080).unwrap(),
             ],
             masquerade: vec![cidr("10.1.2.3"), cidr("0.0.0.0/0")],
+            fallback: vec![],
         };
         let text = rs.render();
         assert!(text.contains(
@@ -468,7 +539,7 @@ table ip nfvs {
         ));
         assert!(text.contains("\t\tip saddr 10.1.2.3 masquerade\n\t\tip saddr 0.0.0.0/0 masquerade\n"));
 
-        let empty = Ruleset { queue: QueueSpec::single(0), diverts: vec![], masquerade: vec![] };
+        let empty = Ruleset { queue: QueueSpec::single(0), diverts: vec![], masquerade: vec![], fallback: vec![] };
         assert!(empty.render().contains(
             "\tchain divert {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t}\n"
         ));

@@ -125,6 +125,7 @@ fn lab() -> Ruleset {
         queue: QueueSpec::single(0),
         diverts: vec![tcp([192, 168, 199, 200], 80)],
         masquerade: vec![cidr("192.168.226.0/24")],
+        fallback: vec![],
     }
 }
 
@@ -135,6 +136,7 @@ fn busy() -> Ruleset {
         queue: QueueSpec::new(2, 4, true, true).expect("valid queue"),
         diverts: vec![tcp([10, 0, 0, 1], 443), tcp([10, 0, 0, 2], 8080), tcp([10, 0, 0, 1], 80)],
         masquerade: vec![cidr("192.168.226.0/24"), cidr("10.16.0.0/12"), cidr("10.1.2.3"), cidr("0.0.0.0/0")],
+        fallback: vec![],
     }
 }
 
@@ -237,6 +239,27 @@ fn replace_and_remove_leave_foreign_rules_alone() {
 
 /// A batch larger than one nftnl page (128 KiB) must still go out as one transaction, and
 /// its acks must all come back.
+/// The kernel-only fallback balancing (design.md fact 7) installs, reads back and lists as
+/// rendered: weighted numgen steps, the last server without one, weight 0 left out.
+#[test]
+fn fallback_rules_install_and_list_as_rendered() {
+    let ns = NetNs::new("fb");
+    let q = ns.run(nftables::detect_queue_impl).expect("probe");
+    let mut rs = lab();
+    rs.fallback = vec![nfvs::ruleset::FallbackRule {
+        vip: [192, 168, 199, 200].into(),
+        port: 80,
+        servers: vec![([192, 168, 226, 131].into(), 80, 1), ([192, 168, 226, 130].into(), 80, 2), ([192, 168, 226, 132].into(), 8080, 0)],
+    }];
+    ns.run(|| nftables::apply(&rs, q)).expect("apply with fallback");
+    let listed = ns.ok(&["nft", "--stateless", "list", "table", "ip", "nfvs"]);
+    assert_eq!(listed, expected_listing(&rs, q));
+    assert!(listed.contains("ip daddr 192.168.199.200 tcp dport 80 numgen inc mod 3 < 1 counter dnat to 192.168.226.131:80"), "{listed}");
+    assert!(listed.contains("ip daddr 192.168.199.200 tcp dport 80 counter dnat to 192.168.226.130:80"), "{listed}");
+    assert!(!listed.contains("192.168.226.132"), "{listed}");
+    assert!(ns.run(nftables::remove).expect("remove"));
+}
+
 #[test]
 fn many_services_in_one_batch() {
     let ns = NetNs::new("many");
@@ -245,6 +268,7 @@ fn many_services_in_one_batch() {
         queue: QueueSpec::single(0),
         diverts: (1..=2000).map(|port| tcp([10, 0, 0, 1], port)).collect(),
         masquerade: vec![cidr("192.168.226.0/24")],
+        fallback: vec![],
     };
     ns.run(|| nftables::apply(&rs, q)).expect("apply 2000 services");
     let listed = ns.ok(&["nft", "--stateless", "list", "table", "ip", "nfvs"]);
@@ -488,6 +512,7 @@ fn only_syns_to_vip_port_are_queued() {
         queue: QueueSpec::single(QUEUE),
         diverts: vec![tcp(VIP.octets(), PORT)],
         masquerade: vec![],
+        fallback: vec![],
     };
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let done = AtomicBool::new(false);

@@ -256,3 +256,34 @@ fn not_root_says_what_is_missing() {
     assert!(err.contains("root") && err.contains("CAP_NET_ADMIN"), "{err}");
 }
 
+
+/// Issue 5 (overload flag) and design.md fact 7: with `--overload fallback`, new connections
+/// are balanced by the kernel rule while no daemon runs (here: after SIGKILL); with the
+/// default `drop` they are not taken at all.
+#[test]
+fn overload_fallback_balances_while_no_daemon_runs() {
+    require_root();
+    let lab = Lab::up();
+    let mut d = lab.nfvs().args(["--overload", "fallback"]).start().unwrap();
+    let listed = lab.exec_ok(Role::Director, &["nft", "list", "chain", "ip", "nfvs", "nat_pre"]);
+    assert!(listed.contains("numgen inc mod 2 < 1 counter"), "{listed}");
+    d.signal(libc::SIGKILL).unwrap();
+    d.wait().unwrap();
+    let got: Vec<String> = (0..10).map(|_| rs_of(&lab.client_curl_vip().unwrap())).collect();
+    // The kernel rule's own round robin: the list order's first server every other time.
+    let want: Vec<String> = (0..10).map(|i| if i % 2 == 0 { RS2 } else { RS1 }.to_string()).collect();
+    assert_eq!(got, want);
+
+    // The default: a SYN nobody takes is dropped (the client would retry).
+    let lab2 = Lab::up();
+    let mut d2 = lab2.nfvs().start().unwrap();
+    d2.signal(libc::SIGKILL).unwrap();
+    d2.wait().unwrap();
+    let out = lab2
+        .command(Role::Client, "curl")
+        .args(["-sS", "--connect-timeout", "2", &format!("http://{VIP}/")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(28), "curl should time out: {}", String::from_utf8_lossy(&out.stderr));
+}

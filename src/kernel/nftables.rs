@@ -250,6 +250,11 @@ const NFT_META_L4PROTO: u32 = 16;
 const NFT_CT_STATE: u32 = 0;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
+const NFT_CMP_LT: u32 = 2;
+/// enum nft_ng_types.
+const NFT_NG_INCREMENTAL: u32 = 0;
+/// NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED (include/uapi/linux/netfilter/nf_nat.h).
+const NAT_FLAGS_ADDR_AND_PORT: u32 = 0x1 | 0x2;
 const NFT_QUEUE_FLAG_BYPASS: u16 = 0x01;
 const NFT_QUEUE_FLAG_CPU_FANOUT: u16 = 0x02;
 
@@ -311,6 +316,21 @@ enum Expr {
         info: Vec<u8>,
     },
     Masq,
+    /// `numgen inc mod MODULUS => reg 1` (net/netfilter/nft_numgen.c).
+    Numgen {
+        modulus: u32,
+    },
+    /// `immediate reg DREG DATA`.
+    Immediate {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    /// `nat dnat ip addr_min reg 1 proto_min reg 2`; `flags` as the kernel reports them
+    /// (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED, set from the registers given:
+    /// nft_nat.c `nft_nat_init`).
+    DnatTo {
+        flags: u32,
+    },
 }
 
 impl Expr {
@@ -325,6 +345,9 @@ impl Expr {
             Expr::Queue { .. } => c"queue",
             Expr::Target { .. } => c"target",
             Expr::Masq => c"masq",
+            Expr::Numgen { .. } => c"numgen",
+            Expr::Immediate { .. } => c"immediate",
+            Expr::DnatTo { .. } => c"nat",
         }
     }
 
@@ -394,7 +417,7 @@ fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
             kind: ChainKind::Nat,
             hook: Hook::PreRouting,
             priority: PRIO_DSTNAT,
-            rules: vec![ct_new_rule()],
+            rules: std::iter::once(ct_new_rule()).chain(rs.fallback.iter().flat_map(fallback_rules)).collect(),
         },
         ChainSpec {
             name: NAT_POST,
@@ -446,6 +469,34 @@ fn queue_expr(queue: &QueueSpec, q: QueueImpl) -> Expr {
             Expr::Target { name: "NFQUEUE".into(), rev: NFQUEUE_REV, info }
         }
     }
+}
+
+/// The kernel-only balancing of one service (see [`crate::ruleset::FallbackRule`]):
+/// `ip daddr VIP tcp dport PORT [numgen inc mod M < W] counter dnat to RIP:RPORT` per server.
+fn fallback_rules(f: &crate::ruleset::FallbackRule) -> Vec<Vec<Expr>> {
+    f.steps()
+        .into_iter()
+        .map(|step| {
+            let mut r = vec![
+                Expr::network(16, 4),
+                Expr::eq(&f.vip.octets()),
+                Expr::Meta { key: NFT_META_L4PROTO },
+                Expr::eq(&[Protocol::Tcp.number()]),
+                Expr::transport(2, 2),
+                Expr::eq(&f.port.to_be_bytes()),
+            ];
+            if let Some((modulus, below)) = step.numgen {
+                // numgen writes a host-order u32, compared as such.
+                r.push(Expr::Numgen { modulus });
+                r.push(Expr::Cmp { op: NFT_CMP_LT, data: below.to_ne_bytes().to_vec() });
+            }
+            r.push(Expr::Counter);
+            r.push(Expr::Immediate { dreg: libc::NFT_REG_1 as u32, data: step.to.0.octets().to_vec() });
+            r.push(Expr::Immediate { dreg: libc::NFT_REG_2 as u32, data: step.to.1.to_be_bytes().to_vec() });
+            r.push(Expr::DnatTo { flags: NAT_FLAGS_ADDR_AND_PORT });
+            r
+        })
+        .collect()
 }
 
 /// `ct state new counter`: references conntrack so it runs in the namespace (design.md
@@ -535,6 +586,23 @@ impl Expression for Expr {
                     set_bytes(e, sys::NFTNL_EXPR_CMP_DATA, data);
                 }
                 Expr::Counter | Expr::Masq => {}
+                Expr::Numgen { modulus } => {
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NG_DREG as u16, reg1);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NG_MODULUS as u16, *modulus);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NG_TYPE as u16, NFT_NG_INCREMENTAL);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NG_OFFSET as u16, 0);
+                }
+                Expr::Immediate { dreg, data } => {
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_IMM_DREG as u16, *dreg);
+                    set_bytes(e, sys::NFTNL_EXPR_IMM_DATA, data);
+                }
+                Expr::DnatTo { flags } => {
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_TYPE as u16, libc::NFT_NAT_DNAT as u32);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_FAMILY as u16, libc::NFPROTO_IPV4 as u32);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16, reg1);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN as u16, libc::NFT_REG_2 as u32);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_FLAGS as u16, *flags);
+                }
                 Expr::Queue { num, total, flags } => {
                     sys::nftnl_expr_set_u16(e, sys::NFTNL_EXPR_QUEUE_NUM as u16, *num);
                     sys::nftnl_expr_set_u16(e, sys::NFTNL_EXPR_QUEUE_TOTAL as u16, *total);
@@ -1163,6 +1231,15 @@ unsafe fn read_expr(e: *mut sys::nftnl_expr) -> SeenExpr {
                 info: bytes_of(sys::NFTNL_EXPR_TG_INFO),
             },
             "masq" => Expr::Masq,
+            "numgen" if u32_of(sys::NFTNL_EXPR_NG_TYPE) == NFT_NG_INCREMENTAL && u32_of(sys::NFTNL_EXPR_NG_OFFSET) == 0 => {
+                Expr::Numgen { modulus: u32_of(sys::NFTNL_EXPR_NG_MODULUS) }
+            }
+            "immediate" => {
+                Expr::Immediate { dreg: u32_of(sys::NFTNL_EXPR_IMM_DREG), data: bytes_of(sys::NFTNL_EXPR_IMM_DATA) }
+            }
+            "nat" if u32_of(sys::NFTNL_EXPR_NAT_TYPE) == libc::NFT_NAT_DNAT as u32 => {
+                Expr::DnatTo { flags: u32_of(sys::NFTNL_EXPR_NAT_FLAGS) }
+            }
             _ => return Err(name),
         })
     }
@@ -1214,6 +1291,7 @@ mod tests {
             queue,
             diverts: vec![Divert::new(Protocol::Tcp, Ipv4Addr::new(192, 168, 199, 200), 80).unwrap()],
             masquerade: vec!["192.168.226.0/24".parse().unwrap()],
+            fallback: vec![],
         }
     }
 
