@@ -199,6 +199,11 @@ impl Conns {
         }
     }
 
+    /// Tuples of up to `limit` active connections (for traffic sampling).
+    pub fn active_tuples(&self, limit: usize) -> Vec<Tuple> {
+        self.map.iter().filter(|(_, c)| c.active).map(|(t, _)| *t).take(limit).collect()
+    }
+
     /// Tuples of a real server's connections (for `--expire-nodest`).
     pub fn of_dest(&self, dest: DestId) -> Vec<Tuple> {
         self.map.iter().filter(|(_, c)| c.dest == dest).map(|(t, _)| *t).collect()

@@ -408,7 +408,10 @@ fn start(
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), CtError>>(1);
     let (shared_tx, shared_rx) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
     spawn("ct-events", move || {
-        let events = match CtEvents::subscribe(&[CtEventKind::New, CtEventKind::Update, CtEventKind::Destroy]) {
+        // No NEW group: nfvs knows its connections when it creates them, and every listener
+        // costs the kernel work on the per-SYN path (the NEW event is built in the creating
+        // thread); UPDATE events carry the entry id as well.
+        let events = match CtEvents::subscribe(&[CtEventKind::Update, CtEventKind::Destroy]) {
             Ok(ev) => {
                 let _ = ready_tx.send(Ok(()));
                 ev
@@ -682,7 +685,8 @@ fn ticker_loop(sh: &Shared) {
         }
         dropped = now_dropped;
         sh.loop_stats.queue_dropped.store(dropped, Ordering::Relaxed);
-        sample_traffic(sh, &mut ct);
+        let full = sh.lock().conns.len() <= FULL_SAMPLE_MAX;
+        sample_traffic(sh, &mut ct, full);
         let mut st = sh.lock();
         st.stats.tick();
         let now = sh.now();
@@ -705,15 +709,39 @@ fn queue_drops(sh: &Shared) -> u64 {
         .sum()
 }
 
-fn sample_traffic(sh: &Shared, ct: &mut Conntrack) {
-    match ct.dump(sh.opts.ct_mark, u32::MAX) {
-        Ok(entries) => {
-            let mut st = sh.lock();
-            for d in st.conns.sample(&entries) {
-                st.stats.record(&d.svc, Some(d.dest), &d.counters);
+/// At most this many running connections are sampled per tick (one GET each).
+const SAMPLE_LIMIT: usize = 4096;
+/// Above this many tracked connections the periodic sample reads only active ones.
+const FULL_SAMPLE_MAX: usize = 65_536;
+
+/// Accounts the traffic connections carried since the last sample. A full sample reads every
+/// entry of ours with one dump: exact, as IPVS's counters are, also for short connections that
+/// opened and closed between two ticks. Its cost grows with the TIME_WAIT backlog, so above
+/// [`FULL_SAMPLE_MAX`] tracked connections the periodic sample reads only the active ones (one
+/// GET each, at most [`SAMPLE_LIMIT`]); closed connections are then accounted when their
+/// DESTROY event comes (up to 2 minutes later), and rates lag for short connections. Listings
+/// always sample in full.
+fn sample_traffic(sh: &Shared, ct: &mut Conntrack, full: bool) {
+    let entries = if full {
+        match ct.dump(sh.opts.ct_mark, u32::MAX) {
+            Ok(e) => e,
+            Err(e) => return debug!("traffic sample: {e}"),
+        }
+    } else {
+        let tuples = sh.lock().conns.active_tuples(SAMPLE_LIMIT);
+        let mut entries = Vec::with_capacity(tuples.len());
+        for t in &tuples {
+            match ct.get(t) {
+                Ok(Some(e)) => entries.push(e),
+                Ok(None) => {}
+                Err(e) => return debug!("traffic sample: {e}"),
             }
         }
-        Err(e) => debug!("traffic sample: {e}"),
+        entries
+    };
+    let mut st = sh.lock();
+    for d in st.conns.sample(&entries) {
+        st.stats.record(&d.svc, Some(d.dest), &d.counters);
     }
 }
 
@@ -884,7 +912,7 @@ fn run_adm(sh: &Shared, cmd: &Command, stdin: &str) -> Reply {
             if matches!(what, ListWhat::All | ListWhat::Service(_)) && (fmt.stats || fmt.rate) {
                 // Fresh traffic numbers for this listing.
                 if let Ok(mut ct) = Conntrack::open() {
-                    sample_traffic(sh, &mut ct);
+                    sample_traffic(sh, &mut ct, true);
                 }
             }
             let st = sh.lock();
