@@ -1,57 +1,45 @@
 //! fo: weighted failover (`ip_vs_fo.c`, lvs-semantics.md §2.7).
 //!
 //! The highest weight among entries without OVERLOAD; strictly greater wins, so ties go to the
-//! earliest in list order and weight 0 never wins. Connection counts are ignored.
+//! earliest in list order and weight 0 never wins. Connection counts are ignored (in
+//! incremental mode only OVERLOAD changes matter to fo).
 
-use super::index::{checked, ByWeight, Tournament};
+use super::index::{Indexed, Policy, ScanRule};
 use super::*;
 
-#[derive(Debug)]
-pub struct WeightedFailover {
-    /// With [`SchedOptions::incremental`] (only OVERLOAD changes matter to fo).
-    index: Option<Tournament<ByWeight>>,
-}
+pub type WeightedFailover = Indexed<ByWeight>;
 
-impl WeightedFailover {
-    pub fn new(opts: &SchedOptions) -> Self {
-        WeightedFailover { index: opts.incremental.then(|| Tournament::new(ByWeight)) }
+/// fo's order: highest weight among no OVERLOAD (weight 0 never wins).
+#[derive(Debug, Clone, Copy)]
+pub struct ByWeight;
+
+impl Policy for ByWeight {
+    type Key = u32;
+    fn key(&self, d: &Dest) -> Option<u32> {
+        usable(d).then_some(d.weight)
+    }
+    fn beats(&self, new: &u32, old: &u32) -> bool {
+        new > old
     }
 }
 
-/// `ip_vs_fo_schedule`'s loop.
-fn scan(dests: &[Dest]) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    let mut hw = 0u32;
-    for (i, d) in dests.iter().enumerate() {
-        if !d.overloaded && d.weight > hw {
-            best = Some(i);
-            hw = d.weight;
-        }
-    }
-    best
-}
+impl ScanRule for ByWeight {
+    const NAME: &'static str = "fo";
 
-impl Scheduler for WeightedFailover {
-    fn name(&self) -> &'static str {
-        "fo"
+    fn new(_opts: &SchedOptions) -> Self {
+        ByWeight
     }
 
-    fn on_change(&mut self, dests: &[Dest], _change: Change) {
-        if let Some(t) = &mut self.index {
-            t.rebuild(dests);
+    /// `ip_vs_fo_schedule`'s loop.
+    fn scan(&self, dests: &[Dest]) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut hw = 0u32;
+        for (i, d) in dests.iter().enumerate() {
+            if !d.overloaded && d.weight > hw {
+                best = Some(i);
+                hw = d.weight;
+            }
         }
-    }
-
-    fn on_counts(&mut self, dests: &[Dest], index: usize) {
-        if let Some(t) = &mut self.index {
-            t.update(dests, index);
-        }
-    }
-
-    fn schedule(&mut self, dests: &[Dest], _req: &Request) -> Option<usize> {
-        match &mut self.index {
-            Some(t) => checked(t.best(dests), || scan(dests)),
-            None => scan(dests),
-        }
+        best
     }
 }

@@ -16,12 +16,15 @@
 //!
 //! In debug builds every indexed answer is checked against the scan, so a caller that forgets
 //! to report a change fails its tests instead of scheduling on stale counts.
+//!
+//! lc, wlc, sed, nq, fo and ovf are each just a [`ScanRule`] (the kernel's loop and the same
+//! order as a [`Policy`], in the scheduler's own file) run by the generic [`Indexed`] scheduler.
 
 use super::*;
 
 /// What a [`Tournament`] ranks: a key per destination (`None`: not eligible) and the order.
-pub(crate) trait Policy {
-    type Key: Copy + PartialEq + fmt::Debug;
+pub trait Policy {
+    type Key: Copy + PartialEq + fmt::Debug + Send;
     fn key(&self, d: &Dest) -> Option<Self::Key>;
     /// True if `new` strictly beats `old` (the scan would replace `old` by `new`).
     fn beats(&self, new: &Self::Key, old: &Self::Key) -> bool;
@@ -240,98 +243,66 @@ pub(crate) fn checked(fast: Option<usize>, scan: impl FnOnce() -> Option<usize>)
 }
 
 // ------------------------------------------------------------------------------------------
-// The orders of the scanning schedulers.
+// The scanning schedulers, as one generic scheduler.
 
-/// lc: smallest overhead (as `unsigned int`) among weight != 0 and no OVERLOAD.
+/// The rule of a scheduler that picks the best destination of the list under a fixed order
+/// (lc, wlc, sed, nq, fo, ovf): the kernel's loop, and the same order as a [`Policy`] for the
+/// [`Tournament`] that answers in incremental mode. Each scheduler's file implements it.
+pub trait ScanRule: Policy + Clone + Send + fmt::Debug {
+    /// The ipvsadm name.
+    const NAME: &'static str;
+    /// The rule for a service built with `opts` (lc and wlc take the overhead formula).
+    fn new(opts: &SchedOptions) -> Self;
+    /// The kernel's `ip_vs_*_schedule` loop over `dests`.
+    fn scan(&self, dests: &[Dest]) -> Option<usize>;
+}
+
+/// A scheduler that is nothing but a [`ScanRule`]: it scans the list on every pick, or with
+/// [`SchedOptions::incremental`] answers from a [`Tournament`] kept up to date by
+/// [`Scheduler::on_counts`]. None of these keeps state between picks (the kernel's have no
+/// `init_service`/`add_dest` hooks), so a list change only rebuilds the index.
 #[derive(Debug)]
-pub(crate) struct ByOverhead(pub Overhead);
+pub struct Indexed<R: ScanRule> {
+    rule: R,
+    index: Option<Tournament<R>>,
+}
 
-impl Policy for ByOverhead {
-    type Key = u32;
-    fn key(&self, d: &Dest) -> Option<u32> {
-        usable(d).then(|| self.0.int(d) as u32)
-    }
-    fn beats(&self, new: &u32, old: &u32) -> bool {
-        new < old
+impl<R: ScanRule> Indexed<R> {
+    pub fn new(opts: &SchedOptions) -> Self {
+        let rule = R::new(opts);
+        Indexed { index: opts.incremental.then(|| Tournament::new(rule.clone())), rule }
     }
 }
 
-/// wlc (and lblc/lblcr's fallback): smallest overhead / weight among weight > 0, no OVERLOAD.
-/// (The scan also compares later weight-0 entries, which can only win with a negative,
-/// i.e. wrapped, overhead: more than 2^23 active connections. The index leaves them out.)
-#[derive(Debug)]
-pub(crate) struct ByLoad(pub Overhead);
-
-impl Policy for ByLoad {
-    type Key = (i32, u32);
-    fn key(&self, d: &Dest) -> Option<(i32, u32)> {
-        usable(d).then(|| (self.0.int(d), d.weight))
+impl<R: ScanRule> Scheduler for Indexed<R> {
+    fn name(&self) -> &'static str {
+        R::NAME
     }
-    fn beats(&self, new: &(i32, u32), old: &(i32, u32)) -> bool {
-        ratio_gt(old.0, old.1, new.0, new.1)
-    }
-}
 
-/// sed: smallest (active + 1) / weight.
-#[derive(Debug)]
-pub(crate) struct ByExpectedDelay;
-
-impl Policy for ByExpectedDelay {
-    type Key = (i32, u32);
-    fn key(&self, d: &Dest) -> Option<(i32, u32)> {
-        usable(d).then(|| (sed::expected_delay(d), d.weight))
+    fn on_change(&mut self, dests: &[Dest], _change: Change) {
+        if let Some(t) = &mut self.index {
+            t.rebuild(dests);
+        }
     }
-    fn beats(&self, new: &(i32, u32), old: &(i32, u32)) -> bool {
-        ratio_gt(old.0, old.1, new.0, new.1)
-    }
-}
 
-/// nq: the first idle server, else smallest (active + 1) / weight.
-#[derive(Debug)]
-pub(crate) struct NeverQueueOrder;
-
-impl Policy for NeverQueueOrder {
-    /// (idle, active + 1, weight)
-    type Key = (bool, i32, u32);
-    fn key(&self, d: &Dest) -> Option<(bool, i32, u32)> {
-        usable(d).then(|| (d.active == 0, sed::expected_delay(d), d.weight))
+    fn on_counts(&mut self, dests: &[Dest], index: usize) {
+        if let Some(t) = &mut self.index {
+            t.update(dests, index);
+        }
     }
-    fn beats(&self, new: &(bool, i32, u32), old: &(bool, i32, u32)) -> bool {
-        !old.0 && (new.0 || ratio_gt(old.1, old.2, new.1, new.2))
-    }
-}
 
-/// fo: highest weight among no OVERLOAD (weight 0 never wins).
-#[derive(Debug)]
-pub(crate) struct ByWeight;
-
-impl Policy for ByWeight {
-    type Key = u32;
-    fn key(&self, d: &Dest) -> Option<u32> {
-        usable(d).then_some(d.weight)
-    }
-    fn beats(&self, new: &u32, old: &u32) -> bool {
-        new > old
-    }
-}
-
-/// ovf: highest weight among weight > 0, no OVERLOAD and active <= weight.
-#[derive(Debug)]
-pub(crate) struct ByWeightNotOverflowing;
-
-impl Policy for ByWeightNotOverflowing {
-    type Key = u32;
-    fn key(&self, d: &Dest) -> Option<u32> {
-        (usable(d) && d.active <= d.weight).then_some(d.weight)
-    }
-    fn beats(&self, new: &u32, old: &u32) -> bool {
-        new > old
+    fn schedule(&mut self, dests: &[Dest], _req: &Request) -> Option<usize> {
+        match &mut self.index {
+            Some(t) => checked(t.best(dests), || self.rule.scan(dests)),
+            None => self.rule.scan(dests),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sched::fo::ByWeight;
     use crate::service::DestId;
     use std::net::Ipv4Addr;
 

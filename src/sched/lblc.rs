@@ -16,73 +16,97 @@
 
 use std::net::Ipv4Addr;
 
-use super::index::{checked, ByLoad, HalfLoaded, Tournament};
+use super::index::{checked, HalfLoaded, Tournament};
 use super::locality::Table;
+use super::wlc::ByLoad;
 use super::*;
 use crate::service::DestId;
 
 #[derive(Debug)]
 pub struct Lblc {
-    overhead: Overhead,
     table: Table<DestId>,
-    index: DestIndex,
+    view: ListView,
+}
+
+/// What lblc and lblcr know of the destination list besides their caches: where each
+/// destination stands (by id), and with [`SchedOptions::incremental`] the wlc order and the
+/// count of servers with fewer than half their weight active. Both keep it up to date the same
+/// way, through `on_change` and `on_counts`.
+#[derive(Debug)]
+pub(crate) struct ListView {
+    pub(crate) overhead: Overhead,
+    positions: DestIndex,
     /// With [`SchedOptions::incremental`].
     load: Option<LoadIndex>,
 }
 
-/// The wlc order and the "a server has fewer than half its weight active" count, kept up to
-/// date through `on_counts` (lblc and lblcr in incremental mode).
+/// The wlc order and the "a server has fewer than half its weight active" count.
 #[derive(Debug)]
-pub(crate) struct LoadIndex {
+struct LoadIndex {
     least: Tournament<ByLoad>,
     half: HalfLoaded,
 }
 
-impl LoadIndex {
-    pub(crate) fn new(overhead: Overhead) -> Self {
-        LoadIndex { least: Tournament::new(ByLoad(overhead)), half: HalfLoaded::default() }
-    }
-
-    pub(crate) fn rebuild(&mut self, dests: &[Dest]) {
-        self.least.rebuild(dests);
-        self.half.rebuild(dests);
-    }
-
-    pub(crate) fn update(&mut self, dests: &[Dest], i: usize) {
-        self.least.update(dests, i);
-        self.half.update(dests, i);
-    }
-}
-
-/// The wlc choice, from the index if there is one.
-pub(crate) fn least(load: &mut Option<LoadIndex>, dests: &[Dest], overhead: Overhead) -> Option<usize> {
-    match load {
-        Some(l) => checked(l.least.best(dests), || wlc::least(dests, overhead)),
-        None => wlc::least(dests, overhead),
-    }
-}
-
-/// [`overloaded`] for `dests[i]`, from the index if there is one.
-pub(crate) fn is_overloaded(load: &mut Option<LoadIndex>, dests: &[Dest], i: usize) -> bool {
-    let d = &dests[i];
-    match load {
-        Some(l) => {
-            let fast = u64::from(d.active) > u64::from(d.weight) && l.half.any(dests);
-            debug_assert_eq!(fast, overloaded(d, dests), "lblc index out of date: on_counts missed?");
-            fast
+impl ListView {
+    pub(crate) fn new(opts: &SchedOptions) -> Self {
+        ListView {
+            overhead: opts.overhead,
+            positions: DestIndex::default(),
+            load: opts.incremental.then(|| LoadIndex {
+                least: Tournament::new(ByLoad(opts.overhead)),
+                half: HalfLoaded::default(),
+            }),
         }
-        None => overloaded(d, dests),
+    }
+
+    /// [`Scheduler::on_change`] of lblc and lblcr. The kernel has no such hooks for them (only
+    /// init/done); the indexes are ours.
+    pub(crate) fn on_change(&mut self, dests: &[Dest]) {
+        self.positions.rebuild(dests);
+        if let Some(l) = &mut self.load {
+            l.least.rebuild(dests);
+            l.half.rebuild(dests);
+        }
+    }
+
+    /// [`Scheduler::on_counts`] of lblc and lblcr.
+    pub(crate) fn on_counts(&mut self, dests: &[Dest], i: usize) {
+        if let Some(l) = &mut self.load {
+            l.least.update(dests, i);
+            l.half.update(dests, i);
+        }
+    }
+
+    /// The index of `id` in `dests`, or `None` if it is no longer in the service.
+    pub(crate) fn find(&self, dests: &[Dest], id: DestId) -> Option<usize> {
+        self.positions.find(dests, id)
+    }
+
+    /// The wlc choice, from the index if there is one.
+    pub(crate) fn least(&mut self, dests: &[Dest]) -> Option<usize> {
+        match &mut self.load {
+            Some(l) => checked(l.least.best(dests), || wlc::least(dests, self.overhead)),
+            None => wlc::least(dests, self.overhead),
+        }
+    }
+
+    /// [`overloaded`] for `dests[i]`, from the index if there is one.
+    pub(crate) fn is_overloaded(&mut self, dests: &[Dest], i: usize) -> bool {
+        let d = &dests[i];
+        match &mut self.load {
+            Some(l) => {
+                let fast = u64::from(d.active) > u64::from(d.weight) && l.half.any(dests);
+                debug_assert_eq!(fast, overloaded(d, dests), "lblc index out of date: on_counts missed?");
+                fast
+            }
+            None => overloaded(d, dests),
+        }
     }
 }
 
 impl Lblc {
     pub fn new(opts: &SchedOptions) -> Self {
-        Lblc {
-            overhead: opts.overhead,
-            table: Table::new(opts.lblc_expiration),
-            index: DestIndex::default(),
-            load: opts.incremental.then(|| LoadIndex::new(opts.overhead)),
-        }
+        Lblc { table: Table::new(opts.lblc_expiration), view: ListView::new(opts) }
     }
 
     /// The server cached for `daddr`, if any (for tests and diagnostics).
@@ -110,30 +134,24 @@ impl Scheduler for Lblc {
     }
 
     fn on_change(&mut self, dests: &[Dest], _change: Change) {
-        // No hooks in the kernel (only init/done); the indexes are ours.
-        self.index.rebuild(dests);
-        if let Some(l) = &mut self.load {
-            l.rebuild(dests);
-        }
+        self.view.on_change(dests);
     }
 
     fn on_counts(&mut self, dests: &[Dest], index: usize) {
-        if let Some(l) = &mut self.load {
-            l.update(dests, index);
-        }
+        self.view.on_counts(dests, index);
     }
 
     fn schedule(&mut self, dests: &[Dest], req: &Request) -> Option<usize> {
         self.table.run_timer(req.now);
         if let Some(en) = self.table.get_mut(req.daddr) {
             en.lastuse = req.now;
-            if let Some(i) = self.index.find(dests, en.value) {
-                if dests[i].weight > 0 && !is_overloaded(&mut self.load, dests, i) {
+            if let Some(i) = self.view.find(dests, en.value) {
+                if dests[i].weight > 0 && !self.view.is_overloaded(dests, i) {
                     return Some(i);
                 }
             }
         }
-        let i = least(&mut self.load, dests, self.overhead)?;
+        let i = self.view.least(dests)?;
         // ip_vs_lblc_new: an entry already naming this server is kept as it is (its lastuse was
         // just refreshed); one naming another server is replaced by a new entry.
         let id = dests[i].id;
@@ -152,15 +170,39 @@ impl Scheduler for Lblc {
 
     fn restore(&mut self, dests: &[Dest], req: &Request, chosen: usize) {
         let Some(d) = dests.get(chosen) else { return };
-        self.table.run_timer(req.now);
-        match self.table.get_mut(req.daddr) {
-            Some(en) => {
-                en.value = d.id;
-                en.lastuse = en.lastuse.max(req.now);
-            }
-            None => {
-                self.table.insert(req.daddr, req.now, d.id);
-            }
+        self.table.restore(req.daddr, req.now, |id| *id = d.id, || d.id);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A request for the VIP at `now` seconds (lblc's and lblcr's tests).
+    pub(crate) fn req(now: u64) -> Request {
+        Request {
+            caddr: Ipv4Addr::new(10, 0, 0, 1),
+            cport: 1234,
+            daddr: Ipv4Addr::new(192, 168, 199, 200),
+            dport: 80,
+            now: Duration::from_secs(now),
+        }
+    }
+
+    #[test]
+    fn restore_points_the_cache_at_the_restored_server() {
+        let dests: Vec<Dest> =
+            (0..3).map(|i| Dest::new(DestId(i), Ipv4Addr::from(0x0a00_0001 + i as u32), 80, 1)).collect();
+        for incremental in [false, true] {
+            let mut s = Lblc::new(&SchedOptions { incremental, ..SchedOptions::default() });
+            s.on_change(&dests, Change::Init);
+            s.restore(&dests, &req(5), 2);
+            assert_eq!(s.cached(req(0).daddr), Some(DestId(2)));
+            s.restore(&dests, &req(6), 1);
+            assert_eq!((s.cached(req(0).daddr), s.cache_len()), (Some(DestId(1)), 1));
+            // A cache hit on an idle server: the restored one is scheduled.
+            assert_eq!(s.schedule(&dests, &req(7)), Some(1));
         }
     }
 }

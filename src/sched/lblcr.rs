@@ -17,7 +17,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::lblc::{is_overloaded, least, LoadIndex};
+use super::lblc::ListView;
 use super::locality::Table;
 use super::*;
 use crate::service::DestId;
@@ -44,22 +44,17 @@ struct DestSet {
 
 #[derive(Debug)]
 pub struct Lblcr {
-    overhead: Overhead,
     expiration: Duration,
     table: Table<DestSet>,
-    index: DestIndex,
-    /// With [`SchedOptions::incremental`].
-    load: Option<LoadIndex>,
+    view: ListView,
 }
 
 impl Lblcr {
     pub fn new(opts: &SchedOptions) -> Self {
         Lblcr {
-            overhead: opts.overhead,
             expiration: opts.lblcr_expiration,
             table: Table::new(opts.lblcr_expiration),
-            index: DestIndex::default(),
-            load: opts.incremental.then(|| LoadIndex::new(opts.overhead)),
+            view: ListView::new(opts),
         }
     }
 
@@ -100,13 +95,13 @@ impl DestSet {
     }
 
     /// Refreshes the members' weights, counters and list positions from the list.
-    fn refresh(&mut self, dests: &[Dest], index: &DestIndex, overhead: Overhead) {
+    fn refresh(&mut self, dests: &[Dest], view: &ListView) {
         for m in &mut self.members {
-            m.pos = index.find(dests, m.id);
+            m.pos = view.find(dests, m.id);
             if let Some(i) = m.pos {
                 let d = &dests[i];
                 m.weight = d.weight;
-                m.overhead = overhead.int(d);
+                m.overhead = view.overhead.int(d);
                 m.overload_flag = d.overloaded;
             }
         }
@@ -153,30 +148,26 @@ impl Scheduler for Lblcr {
     }
 
     fn on_change(&mut self, dests: &[Dest], _change: Change) {
-        self.index.rebuild(dests);
-        if let Some(l) = &mut self.load {
-            l.rebuild(dests);
-        }
+        self.view.on_change(dests);
     }
 
     fn on_counts(&mut self, dests: &[Dest], index: usize) {
-        if let Some(l) = &mut self.load {
-            l.update(dests, index);
-        }
+        self.view.on_counts(dests, index);
     }
 
     fn schedule(&mut self, dests: &[Dest], req: &Request) -> Option<usize> {
         let now = req.now;
         self.table.run_timer(now);
+        let overhead = self.view.overhead;
         let Some(en) = self.table.get_mut(req.daddr) else {
-            let i = least(&mut self.load, dests, self.overhead)?;
+            let i = self.view.least(dests)?;
             // ip_vs_lblcr_new; if the table is full the server is used without caching.
-            self.table.insert(req.daddr, now, DestSet::new(&dests[i], self.overhead, now));
+            self.table.insert(req.daddr, now, DestSet::new(&dests[i], overhead, now));
             return Some(i);
         };
         en.lastuse = now;
         let set = &mut en.value;
-        set.refresh(dests, &self.index, self.overhead);
+        set.refresh(dests, &self.view);
         let chosen = set.min();
 
         // More than one member and unchanged for longer than the expiration: drop the most
@@ -189,44 +180,32 @@ impl Scheduler for Lblcr {
         }
 
         if let Some(i) = chosen {
-            if !is_overloaded(&mut self.load, dests, i) {
+            if !self.view.is_overloaded(dests, i) {
                 return Some(i);
             }
         }
-        let i = least(&mut self.load, dests, self.overhead)?;
-        set.insert(&dests[i], self.overhead, now);
+        let i = self.view.least(dests)?;
+        set.insert(&dests[i], overhead, now);
         Some(i)
     }
 
     fn restore(&mut self, dests: &[Dest], req: &Request, chosen: usize) {
         let Some(d) = dests.get(chosen) else { return };
-        self.table.run_timer(req.now);
-        match self.table.get_mut(req.daddr) {
-            Some(en) => {
-                en.lastuse = en.lastuse.max(req.now);
-                en.value.insert(d, self.overhead, req.now);
-            }
-            None => {
-                self.table.insert(req.daddr, req.now, DestSet::new(d, self.overhead, req.now));
-            }
-        }
+        let (overhead, now) = (self.view.overhead, req.now);
+        self.table.restore(
+            req.daddr,
+            now,
+            |set| set.insert(d, overhead, now),
+            || DestSet::new(d, overhead, now),
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::lblc::tests::req;
     use super::*;
     use std::net::Ipv4Addr;
-
-    fn req(now: u64) -> Request {
-        Request {
-            caddr: Ipv4Addr::new(10, 0, 0, 1),
-            cport: 1234,
-            daddr: Ipv4Addr::new(192, 168, 199, 200),
-            dport: 80,
-            now: Duration::from_secs(now),
-        }
-    }
 
     /// Schedules and counts the connection active; returns the chosen id.
     fn pick(s: &mut Lblcr, dests: &mut [Dest], now: u64) -> u64 {

@@ -5,61 +5,44 @@
 //! weight magnitude is ignored; ties go to the earliest in list order. The kernel compares the
 //! overheads as `unsigned int`.
 
-use super::index::{checked, ByOverhead, Tournament};
+use super::index::{Indexed, Policy, ScanRule};
 use super::*;
 
-#[derive(Debug)]
-pub struct LeastConnection {
-    overhead: Overhead,
-    /// With [`SchedOptions::incremental`].
-    index: Option<Tournament<ByOverhead>>,
-}
+pub type LeastConnection = Indexed<ByOverhead>;
 
-impl LeastConnection {
-    pub fn new(opts: &SchedOptions) -> Self {
-        LeastConnection {
-            overhead: opts.overhead,
-            index: opts.incremental.then(|| Tournament::new(ByOverhead(opts.overhead))),
-        }
+/// lc's order: smallest overhead (as `unsigned int`) among weight != 0 and no OVERLOAD.
+#[derive(Debug, Clone, Copy)]
+pub struct ByOverhead(pub(crate) Overhead);
+
+impl Policy for ByOverhead {
+    type Key = u32;
+    fn key(&self, d: &Dest) -> Option<u32> {
+        usable(d).then(|| self.0.int(d) as u32)
+    }
+    fn beats(&self, new: &u32, old: &u32) -> bool {
+        new < old
     }
 }
 
-/// `ip_vs_lc_schedule`'s loop.
-fn scan(dests: &[Dest], overhead: Overhead) -> Option<usize> {
-    let mut least: Option<(usize, u32)> = None;
-    for (i, d) in dests.iter().enumerate() {
-        if !usable(d) {
-            continue;
-        }
-        let doh = overhead.int(d) as u32;
-        if least.is_none_or(|(_, loh)| doh < loh) {
-            least = Some((i, doh));
-        }
-    }
-    least.map(|(i, _)| i)
-}
+impl ScanRule for ByOverhead {
+    const NAME: &'static str = "lc";
 
-impl Scheduler for LeastConnection {
-    fn name(&self) -> &'static str {
-        "lc"
+    fn new(opts: &SchedOptions) -> Self {
+        ByOverhead(opts.overhead)
     }
 
-    fn on_change(&mut self, dests: &[Dest], _change: Change) {
-        if let Some(t) = &mut self.index {
-            t.rebuild(dests);
+    /// `ip_vs_lc_schedule`'s loop.
+    fn scan(&self, dests: &[Dest]) -> Option<usize> {
+        let mut least: Option<(usize, u32)> = None;
+        for (i, d) in dests.iter().enumerate() {
+            if !usable(d) {
+                continue;
+            }
+            let doh = self.0.int(d) as u32;
+            if least.is_none_or(|(_, loh)| doh < loh) {
+                least = Some((i, doh));
+            }
         }
-    }
-
-    fn on_counts(&mut self, dests: &[Dest], index: usize) {
-        if let Some(t) = &mut self.index {
-            t.update(dests, index);
-        }
-    }
-
-    fn schedule(&mut self, dests: &[Dest], _req: &Request) -> Option<usize> {
-        match &mut self.index {
-            Some(t) => checked(t.best(dests), || scan(dests, self.overhead)),
-            None => scan(dests, self.overhead),
-        }
+        least.map(|(i, _)| i)
     }
 }

@@ -96,6 +96,28 @@ impl<V> Table<V> {
         true
     }
 
+    /// Records a connection that already exists ([`super::Scheduler::restore`], after the
+    /// daemon restarted): runs the timer up to `now`, then applies `update` to `addr`'s entry
+    /// and moves its last use up to `now` (never back), or adds an entry made by `new`.
+    pub(crate) fn restore(
+        &mut self,
+        addr: Ipv4Addr,
+        now: Duration,
+        update: impl FnOnce(&mut V),
+        new: impl FnOnce() -> V,
+    ) {
+        self.run_timer(now);
+        match self.get_mut(addr) {
+            Some(en) => {
+                update(&mut en.value);
+                en.lastuse = en.lastuse.max(now);
+            }
+            None => {
+                self.insert(addr, now, new());
+            }
+        }
+    }
+
     /// Runs every timer tick due at or before `now`.
     pub(crate) fn run_timer(&mut self, now: Duration) {
         let mut next = *self
@@ -238,6 +260,21 @@ mod tests {
         t.run_timer(secs(360));
         assert!(t.len() <= MAX_SIZE + 3000 - 4000, "{}", t.len());
         assert!(t.len() > MAX_SIZE / 2);
+    }
+
+    #[test]
+    fn restore_updates_or_adds_and_last_use_never_goes_back() {
+        let mut t: Table<u32> = Table::new(secs(86400));
+        t.restore(addr(1), secs(50), |v| *v += 1, || 7);
+        let e = t.get(addr(1)).expect("added");
+        assert_eq!((e.value, e.lastuse), (7, secs(50)));
+        t.restore(addr(1), secs(20), |v| *v += 1, || 0);
+        let e = t.get(addr(1)).expect("kept");
+        assert_eq!((e.value, e.lastuse), (8, secs(50)));
+        t.restore(addr(1), secs(90), |v| *v += 1, || 0);
+        let e = t.get(addr(1)).expect("kept");
+        assert_eq!((e.value, e.lastuse), (9, secs(90)));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

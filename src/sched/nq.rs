@@ -4,60 +4,48 @@
 //! returned at once (weight and inactive connections do not matter); if none is idle, the one
 //! with the smallest `(active + 1) / weight`, earliest on ties.
 
-use super::index::{checked, NeverQueueOrder, Tournament};
+use super::index::{Indexed, Policy, ScanRule};
 use super::*;
 
-#[derive(Debug)]
-pub struct NeverQueue {
-    /// With [`SchedOptions::incremental`].
-    index: Option<Tournament<NeverQueueOrder>>,
-}
+pub type NeverQueue = Indexed<NeverQueueOrder>;
 
-impl NeverQueue {
-    pub fn new(opts: &SchedOptions) -> Self {
-        NeverQueue { index: opts.incremental.then(|| Tournament::new(NeverQueueOrder)) }
+/// nq's order: the first idle server, else smallest (active + 1) / weight.
+#[derive(Debug, Clone, Copy)]
+pub struct NeverQueueOrder;
+
+impl Policy for NeverQueueOrder {
+    /// (idle, active + 1, weight)
+    type Key = (bool, i32, u32);
+    fn key(&self, d: &Dest) -> Option<(bool, i32, u32)> {
+        usable(d).then(|| (d.active == 0, sed::expected_delay(d), d.weight))
+    }
+    fn beats(&self, new: &(bool, i32, u32), old: &(bool, i32, u32)) -> bool {
+        !old.0 && (new.0 || ratio_gt(old.1, old.2, new.1, new.2))
     }
 }
 
-/// `ip_vs_nq_schedule`'s loop.
-fn scan(dests: &[Dest]) -> Option<usize> {
-    let mut least: Option<(usize, i32, u32)> = None;
-    for (i, d) in dests.iter().enumerate() {
-        if !usable(d) {
-            continue;
-        }
-        if d.active == 0 {
-            return Some(i);
-        }
-        let doh = sed::expected_delay(d);
-        if least.is_none_or(|(_, loh, lw)| ratio_gt(loh, lw, doh, d.weight)) {
-            least = Some((i, doh, d.weight));
-        }
-    }
-    least.map(|(i, _, _)| i)
-}
+impl ScanRule for NeverQueueOrder {
+    const NAME: &'static str = "nq";
 
-impl Scheduler for NeverQueue {
-    fn name(&self) -> &'static str {
-        "nq"
+    fn new(_opts: &SchedOptions) -> Self {
+        NeverQueueOrder
     }
 
-    fn on_change(&mut self, dests: &[Dest], _change: Change) {
-        if let Some(t) = &mut self.index {
-            t.rebuild(dests);
+    /// `ip_vs_nq_schedule`'s loop.
+    fn scan(&self, dests: &[Dest]) -> Option<usize> {
+        let mut least: Option<(usize, i32, u32)> = None;
+        for (i, d) in dests.iter().enumerate() {
+            if !usable(d) {
+                continue;
+            }
+            if d.active == 0 {
+                return Some(i);
+            }
+            let doh = sed::expected_delay(d);
+            if least.is_none_or(|(_, loh, lw)| ratio_gt(loh, lw, doh, d.weight)) {
+                least = Some((i, doh, d.weight));
+            }
         }
-    }
-
-    fn on_counts(&mut self, dests: &[Dest], index: usize) {
-        if let Some(t) = &mut self.index {
-            t.update(dests, index);
-        }
-    }
-
-    fn schedule(&mut self, dests: &[Dest], _req: &Request) -> Option<usize> {
-        match &mut self.index {
-            Some(t) => checked(t.best(dests), || scan(dests)),
-            None => scan(dests),
-        }
+        least.map(|(i, _, _)| i)
     }
 }

@@ -4,56 +4,43 @@
 //! to the earliest in list order. Note `<=`: a server takes `weight + 1` active connections
 //! before it overflows to the next. Inactive connections do not count.
 
-use super::index::{checked, ByWeightNotOverflowing, Tournament};
+use super::index::{Indexed, Policy, ScanRule};
 use super::*;
 
-#[derive(Debug)]
-pub struct WeightedOverflow {
-    /// With [`SchedOptions::incremental`].
-    index: Option<Tournament<ByWeightNotOverflowing>>,
-}
+pub type WeightedOverflow = Indexed<ByWeightNotOverflowing>;
 
-impl WeightedOverflow {
-    pub fn new(opts: &SchedOptions) -> Self {
-        WeightedOverflow { index: opts.incremental.then(|| Tournament::new(ByWeightNotOverflowing)) }
+/// ovf's order: highest weight among weight > 0, no OVERLOAD and active <= weight.
+#[derive(Debug, Clone, Copy)]
+pub struct ByWeightNotOverflowing;
+
+impl Policy for ByWeightNotOverflowing {
+    type Key = u32;
+    fn key(&self, d: &Dest) -> Option<u32> {
+        (usable(d) && d.active <= d.weight).then_some(d.weight)
+    }
+    fn beats(&self, new: &u32, old: &u32) -> bool {
+        new > old
     }
 }
 
-/// `ip_vs_ovf_schedule`'s loop.
-fn scan(dests: &[Dest]) -> Option<usize> {
-    let mut best: Option<(usize, u32)> = None;
-    for (i, d) in dests.iter().enumerate() {
-        if !usable(d) || d.active > d.weight {
-            continue;
-        }
-        if best.is_none_or(|(_, hw)| d.weight > hw) {
-            best = Some((i, d.weight));
-        }
-    }
-    best.map(|(i, _)| i)
-}
+impl ScanRule for ByWeightNotOverflowing {
+    const NAME: &'static str = "ovf";
 
-impl Scheduler for WeightedOverflow {
-    fn name(&self) -> &'static str {
-        "ovf"
+    fn new(_opts: &SchedOptions) -> Self {
+        ByWeightNotOverflowing
     }
 
-    fn on_change(&mut self, dests: &[Dest], _change: Change) {
-        if let Some(t) = &mut self.index {
-            t.rebuild(dests);
+    /// `ip_vs_ovf_schedule`'s loop.
+    fn scan(&self, dests: &[Dest]) -> Option<usize> {
+        let mut best: Option<(usize, u32)> = None;
+        for (i, d) in dests.iter().enumerate() {
+            if !usable(d) || d.active > d.weight {
+                continue;
+            }
+            if best.is_none_or(|(_, hw)| d.weight > hw) {
+                best = Some((i, d.weight));
+            }
         }
-    }
-
-    fn on_counts(&mut self, dests: &[Dest], index: usize) {
-        if let Some(t) = &mut self.index {
-            t.update(dests, index);
-        }
-    }
-
-    fn schedule(&mut self, dests: &[Dest], _req: &Request) -> Option<usize> {
-        match &mut self.index {
-            Some(t) => checked(t.best(dests), || scan(dests)),
-            None => scan(dests),
-        }
+        best.map(|(i, _)| i)
     }
 }

@@ -3,18 +3,35 @@
 //! The wlc loop with overhead `active + 1`: inactive connections are ignored completely. Ties go
 //! to the earliest in list order.
 
-use super::index::{checked, ByExpectedDelay, Tournament};
+use super::index::{Indexed, Policy, ScanRule};
 use super::*;
 
-#[derive(Debug)]
-pub struct ShortestExpectedDelay {
-    /// With [`SchedOptions::incremental`].
-    index: Option<Tournament<ByExpectedDelay>>,
+pub type ShortestExpectedDelay = Indexed<ByExpectedDelay>;
+
+/// sed's order: smallest (active + 1) / weight among weight > 0 and no OVERLOAD.
+#[derive(Debug, Clone, Copy)]
+pub struct ByExpectedDelay;
+
+impl Policy for ByExpectedDelay {
+    type Key = (i32, u32);
+    fn key(&self, d: &Dest) -> Option<(i32, u32)> {
+        usable(d).then(|| (expected_delay(d), d.weight))
+    }
+    fn beats(&self, new: &(i32, u32), old: &(i32, u32)) -> bool {
+        ratio_gt(old.0, old.1, new.0, new.1)
+    }
 }
 
-impl ShortestExpectedDelay {
-    pub fn new(opts: &SchedOptions) -> Self {
-        ShortestExpectedDelay { index: opts.incremental.then(|| Tournament::new(ByExpectedDelay)) }
+impl ScanRule for ByExpectedDelay {
+    const NAME: &'static str = "sed";
+
+    fn new(_opts: &SchedOptions) -> Self {
+        ByExpectedDelay
+    }
+
+    /// `ip_vs_sed_schedule`'s loop: wlc's with another overhead.
+    fn scan(&self, dests: &[Dest]) -> Option<usize> {
+        wlc::least_by(dests, expected_delay)
     }
 }
 
@@ -22,29 +39,4 @@ impl ShortestExpectedDelay {
 #[inline]
 pub(crate) fn expected_delay(d: &Dest) -> i32 {
     (d.active as i32).wrapping_add(1)
-}
-
-impl Scheduler for ShortestExpectedDelay {
-    fn name(&self) -> &'static str {
-        "sed"
-    }
-
-    fn on_change(&mut self, dests: &[Dest], _change: Change) {
-        if let Some(t) = &mut self.index {
-            t.rebuild(dests);
-        }
-    }
-
-    fn on_counts(&mut self, dests: &[Dest], index: usize) {
-        if let Some(t) = &mut self.index {
-            t.update(dests, index);
-        }
-    }
-
-    fn schedule(&mut self, dests: &[Dest], _req: &Request) -> Option<usize> {
-        match &mut self.index {
-            Some(t) => checked(t.best(dests), || wlc::least_by(dests, expected_delay)),
-            None => wlc::least_by(dests, expected_delay),
-        }
-    }
 }

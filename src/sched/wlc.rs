@@ -5,27 +5,42 @@
 //! but a weight-0 entry can never win (its side of the comparison is multiplied by 0). Ties
 //! go to the earliest in list order, so an all-idle pool always answers the first entry.
 
-use super::index::{checked, ByLoad, Tournament};
+use super::index::{Indexed, Policy, ScanRule};
 use super::*;
 
-#[derive(Debug)]
-pub struct WeightedLeastConnection {
-    overhead: Overhead,
-    /// With [`SchedOptions::incremental`].
-    index: Option<Tournament<ByLoad>>,
-}
+pub type WeightedLeastConnection = Indexed<ByLoad>;
 
-impl WeightedLeastConnection {
-    pub fn new(opts: &SchedOptions) -> Self {
-        WeightedLeastConnection {
-            overhead: opts.overhead,
-            index: opts.incremental.then(|| Tournament::new(ByLoad(opts.overhead))),
-        }
+/// wlc's order (and lblc/lblcr's fallback): smallest overhead / weight among weight > 0, no
+/// OVERLOAD. (The scan also compares later weight-0 entries, which can only win with a
+/// negative, i.e. wrapped, overhead: more than 2^23 active connections. The index leaves them
+/// out.)
+#[derive(Debug, Clone, Copy)]
+pub struct ByLoad(pub(crate) Overhead);
+
+impl Policy for ByLoad {
+    type Key = (i32, u32);
+    fn key(&self, d: &Dest) -> Option<(i32, u32)> {
+        usable(d).then(|| (self.0.int(d), d.weight))
+    }
+    fn beats(&self, new: &(i32, u32), old: &(i32, u32)) -> bool {
+        ratio_gt(old.0, old.1, new.0, new.1)
     }
 }
 
-/// The wlc choice over `dests`; lblc and lblcr schedule with the same loop
-/// (`__ip_vs_lblc_schedule`, `__ip_vs_lblcr_schedule`).
+impl ScanRule for ByLoad {
+    const NAME: &'static str = "wlc";
+
+    fn new(opts: &SchedOptions) -> Self {
+        ByLoad(opts.overhead)
+    }
+
+    fn scan(&self, dests: &[Dest]) -> Option<usize> {
+        least(dests, self.0)
+    }
+}
+
+/// The wlc choice over `dests` (`ip_vs_wlc_schedule`'s loop); lblc and lblcr schedule with the
+/// same loop (`__ip_vs_lblc_schedule`, `__ip_vs_lblcr_schedule`).
 pub(crate) fn least(dests: &[Dest], overhead: Overhead) -> Option<usize> {
     least_by(dests, |d| overhead.int(d))
 }
@@ -45,29 +60,4 @@ pub(crate) fn least_by(dests: &[Dest], oh: impl Fn(&Dest) -> i32) -> Option<usiz
         }
     }
     Some(li)
-}
-
-impl Scheduler for WeightedLeastConnection {
-    fn name(&self) -> &'static str {
-        "wlc"
-    }
-
-    fn on_change(&mut self, dests: &[Dest], _change: Change) {
-        if let Some(t) = &mut self.index {
-            t.rebuild(dests);
-        }
-    }
-
-    fn on_counts(&mut self, dests: &[Dest], index: usize) {
-        if let Some(t) = &mut self.index {
-            t.update(dests, index);
-        }
-    }
-
-    fn schedule(&mut self, dests: &[Dest], _req: &Request) -> Option<usize> {
-        match &mut self.index {
-            Some(t) => checked(t.best(dests), || least(dests, self.overhead)),
-            None => least(dests, self.overhead),
-        }
-    }
 }
