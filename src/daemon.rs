@@ -592,7 +592,11 @@ fn create_mapping(ct: &mut Conntrack, m: &CtMapping, ls: &LoopStats) -> Result<C
     }
     let mut replaced = None;
     if let Some(old) = ct.get(&m.orig)? {
-        if old.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) {
+        // A live entry that is balanced (ours, or the --overload fallback's DNAT) is the
+        // flow this SYN belongs to. A live entry without DNAT (made before nfvs ran) would
+        // take the SYN to the director itself: replace it like a finished one.
+        let balanced = old.mark == m.mark || old.status & crate::kernel::conntrack::status::DST_NAT != 0;
+        if balanced && old.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) {
             ls.retransmits.fetch_add(1, Ordering::Relaxed);
             return Ok(Created::Retransmit);
         }
@@ -762,7 +766,20 @@ fn signal_loop(sh: &Shared, set: libc::sigset_t) {
             }
             continue;
         }
-        info!("signal {sig}: stopping");
+        let ls = &sh.loop_stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        info!(
+            "signal {sig}: stopping; this run scheduled {} connection(s) ({} on a reused source port), \
+             saw {} retransmitted SYN(s), refused {} (no eligible server), dropped {} on conntrack errors; \
+             the kernel dropped {} SYN(s) on a full queue; {} packet(s) were not new IPv4 TCP",
+            n(&ls.scheduled),
+            n(&ls.reused_ports),
+            n(&ls.retransmits),
+            n(&ls.no_dest),
+            n(&ls.ct_errors),
+            n(&ls.queue_dropped),
+            n(&ls.malformed)
+        );
         stop(sh, &set);
     }
 }

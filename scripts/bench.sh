@@ -1,0 +1,549 @@
+#!/usr/bin/env bash
+# Benchmark (issue 5): nfvs against the kernel-only ceiling (nft `dnat to numgen inc mod 2`) and
+# HAProxy in TCP mode, on the same namespace lab, in the same run.
+#
+# usage: sudo scripts/bench.sh
+#
+# Builds nfvs (release) and runs the scheduler micro-benchmark; builds a lab (scripts/lab.sh up
+# $BENCH_PREFIX, removed on any exit) with an iperf3 server on each real server; then, ROUNDS
+# times, sets up each contender in the director's namespace in turn (the order rotates each
+# round), measures it from the client's namespace and tears it down:
+#   - new connections/s: wrk -H 'Connection: close' at each concurrency of CONCS;
+#   - connect latency p50/p99 at concurrency 1 (connect() call to return: SYN to established)
+#     and the whole short request (connect to EOF), scripts/bench/connprobe.c;
+#   - keep-alive requests/s (wrk, KA_CONC connections);
+#   - iperf3 throughput through VIP:5201;
+#   - CPU per 1,000 new connections during the highest-concurrency wrk run: the balancer's own
+#     process (/proc/PID/stat; 0 for kernel-only) and the whole machine's busy and softirq time
+#     (/proc/stat: a network namespace's softirq work cannot be told apart from the rest);
+#   - TCP RSTs sent by the director and by the real servers during the HTTP load, and for nfvs
+#     the NFQUEUE drop counters and the daemon's warnings.
+# Then nfvs's RSS with FILL_CONNS connections tracked (TIME_WAIT entries, made by connprobe
+# from four extra client addresses and explicit ports, so every connection is a new tuple).
+#
+# Output: a markdown report (medians of the rounds, ratios to kernel-only, the machine) on
+# stdout and in target/bench/results.md; raw values, logs and per-run outputs in target/bench/.
+# Exits non-zero if a contender (or a measurement of one) could not run.
+#
+# Environment (defaults in brackets; the defaults take about 7 minutes on a 2-core VM):
+#   ROUNDS [3]  DURATION [5] seconds per wrk run  CONCS ["1 8 64"]  KA_CONC [64]
+#   LAT_N [2000] connects per latency probe  IPERF_SECS [5]  FILL_CONNS [100000]  FILL_CONC [128]
+#   CONTENDERS ["kernel haproxy nfvs nfvs-info"] (nfvs-info: the default per-connection info log)
+#   SCHED_MS [100] ms per sched_bench cell (0 skips it)  BENCH_PREFIX [bench] lab prefix
+#   NFVS_BIN: run this nfvs binary instead of building one.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+CONCS=${CONCS:-"1 8 64"}
+KA_CONC=${KA_CONC:-64}
+LAT_N=${LAT_N:-2000}
+IPERF_SECS=${IPERF_SECS:-5}
+FILL_CONNS=${FILL_CONNS:-100000}
+FILL_CONC=${FILL_CONC:-128}
+CONTENDERS=${CONTENDERS:-"kernel haproxy nfvs nfvs-info"}
+SCHED_MS=${SCHED_MS:-100}
+PREFIX=${BENCH_PREFIX:-bench}
+
+readonly OUT=target/bench
+readonly RUN=$OUT/run
+readonly LOGS=$OUT/logs
+readonly CLIENT_NS=$PREFIX-client DIR_NS=$PREFIX-dir
+readonly VIP=192.168.199.200
+readonly RS_IPS=(192.168.226.130 192.168.226.131)
+readonly RS_NS=("$PREFIX-rs1" "$PREFIX-rs2")
+readonly RS_NET=192.168.226.0/24
+# Extra client addresses for the RSS fill: one port range's worth of tuples each.
+readonly FILL_SRCS=(192.168.199.11 192.168.199.12 192.168.199.13 192.168.199.14)
+readonly CT_MARK=0x6e667673 # nfvs's default --ct-mark (src/daemon.rs DEFAULT_CT_MARK)
+readonly READY_TIMEOUT=15   # seconds for a contender to answer on the VIP
+
+die() { echo "bench.sh: $*" >&2; exit 1; }
+say() { echo "bench.sh: $*" >&2; }
+step() { printf '\n== %s\n' "$*" >&2; }
+
+for v in ROUNDS DURATION KA_CONC LAT_N IPERF_SECS FILL_CONNS FILL_CONC SCHED_MS; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
+done
+((ROUNDS >= 1 && DURATION >= 1)) || die "ROUNDS and DURATION must be at least 1"
+for c in $CONCS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONCS: '$c' is not a concurrency"; done
+for c in $CONTENDERS; do
+    case $c in kernel | haproxy | nfvs | nfvs-info) ;; *) die "unknown contender '$c' (kernel haproxy nfvs nfvs-info)" ;; esac
+done
+[[ $(id -u) == 0 ]] || die "must run as root: the lab uses network namespaces (try: sudo $0)"
+if [[ -d $HOME/.cargo/bin && :$PATH: != *:$HOME/.cargo/bin:* ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+# What a fresh machine lacks (nfvs's own deps and haproxy, wrk, iperf3) comes from here.
+scripts/install-deps.sh --bench >&2
+for tool in wrk haproxy iperf3 gcc python3 conntrack nft; do
+    command -v "$tool" >/dev/null || die "'$tool' not found after scripts/install-deps.sh --bench"
+done
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+in_client() { in_ns "$CLIENT_NS" "$@"; }
+in_dir() { in_ns "$DIR_NS" "$@"; }
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+FAILED=0
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$OUT/raw.tsv"; } # round contender metric value
+meta() { printf '%s\t%s\n' "$1" "$2" >>"$OUT/meta.tsv"; }
+note() { echo "$*" >>"$OUT/notes.txt"; say "note: $*"; }
+fail() { echo "$*" >>"$OUT/failures.txt"; say "FAILED: $*"; FAILED=1; }
+
+CLK_TCK=$(getconf CLK_TCK)
+# utime + stime of a whole process (every thread), in clock ticks (proc(5): fields 14 and 15;
+# counted after the ")" that ends the command name, which may itself hold spaces).
+proc_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'; }
+# Busy and softirq ticks of the whole machine (proc(5): cpu user nice system idle iowait irq
+# softirq steal).
+machine_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $8; exit}' /proc/stat; }
+# TCP OutRsts of a namespace (/proc/net/snmp: a "Tcp:" line of names, then one of values).
+out_rsts() {
+    # shellcheck disable=SC2016 # awk's fields, not shell's
+    in_ns "$1" awk '$1 == "Tcp:" { if (!n) { for (i = 2; i <= NF; i++) if ($i == "OutRsts") n = i } else { print $n; exit } }' /proc/net/snmp
+}
+rsts_of() { # director RSTs, real servers' RSTs
+    local rs=0 ns
+    for ns in "${RS_NS[@]}"; do rs=$((rs + $(out_rsts "$ns"))); done
+    echo "$(out_rsts "$DIR_NS") $rs"
+}
+vm_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------------
+# Clean-up: everything we started, then the lab.
+
+PIDS=() # long-lived processes we started (iperf3 servers, the current contender)
+CUR=    # current contender, for teardown
+CUR_PID=
+lab_up=0
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $CUR ]]; then stop_contender "$CUR" >/dev/null 2>&1 || true; fi
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if ((lab_up)); then
+        echo "== removing the lab ($PREFIX)" >&2
+        scripts/lab.sh down "$PREFIX" >&2 || true
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Stops a process we started: TERM, up to 5 s, then KILL. Returns its exit status.
+stop_pid() {
+    local pid=$1 i status=0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "pid $pid did not stop within 5 s after SIGTERM; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || status=$?
+    local keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+    return "$status"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Contenders: start_X sets CUR_PID (the process whose CPU is measured; empty for kernel-only)
+# and returns non-zero if X could not be set up; stop_X undoes it.
+
+start_kernel() {
+    in_dir sysctl -qw net.ipv4.ip_forward=1 &&
+        in_dir nft -f scripts/bench/kernel.nft
+}
+stop_kernel() {
+    in_dir nft list table ip bench >"$LOGS/kernel-nft-r$ROUND.txt" 2>&1 || true
+    in_dir nft delete table ip bench 2>/dev/null || true
+    # Back to the lab's default: the other contenders set what they need themselves.
+    in_dir sysctl -qw net.ipv4.ip_forward=0
+}
+
+start_haproxy() {
+    # `ip netns exec` execs, so $! is haproxy itself (not through in_dir: a backgrounded shell
+    # function is a subshell, and $! would be that); -db: foreground, no master process.
+    ip netns exec "$DIR_NS" haproxy -db -f scripts/bench/haproxy.cfg >>"$LOGS/haproxy.log" 2>&1 &
+    CUR_PID=$!
+    PIDS+=("$CUR_PID")
+}
+stop_haproxy() {
+    [[ -n $CUR_PID ]] || return 0
+    stop_pid "$CUR_PID" || true # haproxy exits 143 on SIGTERM
+}
+
+NFVS_LOG=
+start_nfvs() {
+    local level=$1
+    NFVS_LOG=$LOGS/$CUR-r$ROUND.log
+    [[ $ROUND == rss ]] && NFVS_LOG=$LOGS/nfvs-rss.log
+    mkdir -p "$RUN/state"
+    # `ip netns exec` and `env` exec in place: $! is nfvs itself.
+    ip netns exec "$DIR_NS" env RUST_LOG="$level" "$NFVS" run --rules scripts/bench/bench.rules --masquerade "$RS_NET" \
+        --state-dir "$RUN/state" --control "$RUN/control.sock" --drain-timeout 0 >"$NFVS_LOG" 2>&1 &
+    CUR_PID=$!
+    PIDS+=("$CUR_PID")
+    # At RUST_LOG=warn there is no "ready" line: the table appears last in start-up.
+    local i
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        kill -0 "$CUR_PID" 2>/dev/null || { say "nfvs exited during start-up: $(tail -n 3 "$NFVS_LOG")"; return 1; }
+        in_dir nft list table ip nfvs >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    say "nfvs installed no table within ${READY_TIMEOUT}s"
+    return 1
+}
+stop_nfvs() {
+    [[ -n $CUR_PID ]] || return 0
+    # The queue's counters and the table's, before the daemon removes them.
+    {
+        echo "# /proc/net/netfilter/nfnetlink_queue (queue portid total copy_mode copy_range queue_dropped user_dropped id_seq 1)"
+        in_dir cat /proc/net/netfilter/nfnetlink_queue
+        in_dir nft list table ip nfvs
+    } >"${NFVS_LOG%.log}-kernel.txt" 2>&1 || true
+    local status=0 running=0
+    kill -0 "$CUR_PID" 2>/dev/null && running=1
+    stop_pid "$CUR_PID" || status=$?
+    # A daemon that died during start-up was reported then.
+    ((running)) || return 0
+    # At info the log holds a line per connection (tens of MB a run): keep its start, its
+    # warnings and errors, and how long it was.
+    if [[ $CUR == nfvs-info && -f $NFVS_LOG ]]; then
+        {
+            head -n 20 "$NFVS_LOG"
+            echo "... ($(wc -l <"$NFVS_LOG") lines, $(wc -c <"$NFVS_LOG") bytes; warnings and errors follow)"
+            grep -E '\b(WARN|ERROR)\b' "$NFVS_LOG" | head -n 100 || true
+        } >"$NFVS_LOG.short"
+        mv "$NFVS_LOG.short" "$NFVS_LOG"
+    fi
+    ((status == 0)) || fail "$CUR round $ROUND: nfvs exited with status $status on SIGTERM (log $NFVS_LOG)"
+    if in_dir nft list table ip nfvs >/dev/null 2>&1; then
+        fail "$CUR round $ROUND: table ip nfvs still present after nfvs stopped"
+        in_dir nft delete table ip nfvs 2>/dev/null || true
+    fi
+}
+
+start_contender() {
+    CUR=$1
+    CUR_PID=
+    case $1 in
+        kernel) start_kernel ;;
+        haproxy) start_haproxy ;;
+        nfvs) start_nfvs warn ;;
+        nfvs-info) start_nfvs info ;;
+    esac
+}
+stop_contender() {
+    case $1 in
+        kernel) stop_kernel ;;
+        haproxy) stop_haproxy ;;
+        nfvs | nfvs-info) stop_nfvs ;;
+    esac
+    CUR=
+    CUR_PID=
+}
+
+# Ready when requests to the VIP reach both real servers (so it balances, not just forwards).
+wait_balanced() {
+    local i got seen
+    for ((i = 0; i < READY_TIMEOUT * 5; i++)); do
+        if [[ -n $CUR_PID ]] && ! kill -0 "$CUR_PID" 2>/dev/null; then
+            say "$CUR exited"
+            return 1
+        fi
+        seen=
+        for _ in 1 2 3 4; do
+            got=$(in_client curl -s --max-time 1 "http://$VIP/" 2>/dev/null || true)
+            [[ $got == "hello, i am from "* ]] && seen+="${got##* } "
+        done
+        [[ $seen == *"${RS_IPS[0]}"* && $seen == *"${RS_IPS[1]}"* ]] && return 0
+        sleep 0.2
+    done
+    say "$CUR: requests to $VIP did not reach both real servers within ${READY_TIMEOUT}s (last: '$seen')"
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+# Each measurement starts from an empty conntrack table in the director, so every contender
+# meets the same amount of source-port reuse (one client; see the notes in the report).
+flush_ct() {
+    in_dir conntrack -F >/dev/null 2>&1 || true
+    sleep 0.5
+}
+
+# wrk output -> "REQS_PER_SEC REQUESTS ERRORS" (errors: socket errors + non-2xx/3xx).
+parse_wrk() {
+    awk '
+        /^Requests\/sec:/ { rps = $2 }
+        / requests in / { n = $1 }
+        /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+        /Non-2xx or 3xx responses:/ { err += $5 }
+        END { if (rps == "") exit 1; printf "%s %s %d\n", rps, n, err }
+    ' "$1"
+}
+
+# run_wrk NAME CONC [wrk args...]: prints "RPS REQUESTS ERRORS"; the output is kept in LOGS.
+run_wrk() {
+    local name=$1 conc=$2; shift 2
+    local threads=$((conc < 2 ? conc : 2))
+    local file=$LOGS/$CUR-r$ROUND-$name.txt
+    timeout $((DURATION + 20)) ip netns exec "$CLIENT_NS" \
+        wrk -t"$threads" -c"$conc" -d"${DURATION}s" --timeout 5s "$@" "http://$VIP/" >"$file" 2>&1 || true
+    parse_wrk "$file"
+}
+
+measure() {
+    local c=$CUR r=$ROUND out rps n err t0 t1 m0 m1 sirq0 sirq1 maxc=0
+    for conc in $CONCS; do ((conc > maxc)) && maxc=$conc; done
+    local wrk_errors=0 dr0 rr0 dr1 rr1
+    read -r dr0 rr0 < <(rsts_of)
+
+    for conc in $CONCS; do
+        flush_ct
+        [[ -n $CUR_PID ]] && t0=$(proc_ticks "$CUR_PID") || t0=0
+        read -r m0 sirq0 < <(machine_ticks)
+        if ! out=$(run_wrk "close-c$conc" "$conc" -H 'Connection: close'); then
+            fail "$c round $r: wrk Connection: close c=$conc gave no result ($LOGS/$c-r$r-close-c$conc.txt)"
+            continue
+        fi
+        read -r m1 sirq1 < <(machine_ticks)
+        [[ -n $CUR_PID ]] && t1=$(proc_ticks "$CUR_PID") || t1=0
+        read -r rps n err <<<"$out"
+        record "$r" "$c" "cps_c$conc" "$rps"
+        wrk_errors=$((wrk_errors + err))
+        say "$c round $r: Connection: close c=$conc: $rps conn/s ($n requests, $err errors)"
+        if ((conc == maxc && n > 0)); then
+            # ms of CPU per 1,000 connections = ticks / CLK_TCK * 1000 / (n / 1000)
+            record "$r" "$c" cpu_ms_per_1k "$(awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN{printf "%.2f", t / hz * 1e6 / n}')"
+            record "$r" "$c" busy_ms_per_1k "$(awk -v t=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN{printf "%.2f", t / hz * 1e6 / n}')"
+            record "$r" "$c" softirq_ms_per_1k "$(awk -v t=$((sirq1 - sirq0)) -v hz="$CLK_TCK" -v n="$n" 'BEGIN{printf "%.2f", t / hz * 1e6 / n}')"
+        fi
+    done
+
+    local mode kv
+    for mode in lat req; do
+        flush_ct
+        # stdout: the summary line; stderr: one line per failed connection.
+        kv=$(timeout 120 ip netns exec "$CLIENT_NS" "$PROBE" "$mode" "$VIP" 80 "$LAT_N" 100 2>"$LOGS/$c-r$r-$mode.err") || true
+        echo "$kv" >"$LOGS/$c-r$r-$mode.txt"
+        [[ -s $LOGS/$c-r$r-$mode.err ]] && note "$c round $r: connprobe $mode: $(head -n1 "$LOGS/$c-r$r-$mode.err")"
+        if [[ $kv =~ p50_us=([0-9.]+).*p99_us=([0-9.]+) ]]; then
+            record "$r" "$c" "${mode}_p50_us" "${BASH_REMATCH[1]}"
+            record "$r" "$c" "${mode}_p99_us" "${BASH_REMATCH[2]}"
+            [[ $kv =~ errors=([0-9]+) ]] && wrk_errors=$((wrk_errors + BASH_REMATCH[1]))
+            say "$c round $r: $mode: $kv"
+        else
+            fail "$c round $r: connprobe $mode gave no result: $kv"
+        fi
+    done
+
+    flush_ct
+    if out=$(run_wrk "keepalive-c$KA_CONC" "$KA_CONC"); then
+        read -r rps n err <<<"$out"
+        record "$r" "$c" ka_rps "$rps"
+        wrk_errors=$((wrk_errors + err))
+        say "$c round $r: keep-alive c=$KA_CONC: $rps req/s ($err errors)"
+    else
+        fail "$c round $r: wrk keep-alive gave no result ($LOGS/$c-r$r-keepalive-c$KA_CONC.txt)"
+    fi
+    record "$r" "$c" wrk_errors "$wrk_errors"
+
+    # RSTs sent while this contender ran its HTTP load (wrk and the probes; the probe's bare
+    # connects are cut by the client, not counted here). With DNAT in front of them, the
+    # director should send none and the real servers none: a RST means a packet met a host
+    # that had no socket for it.
+    read -r dr1 rr1 < <(rsts_of)
+    record "$r" "$c" dir_rsts $((dr1 - dr0))
+    record "$r" "$c" rs_rsts $((rr1 - rr0))
+    ((dr1 - dr0 + rr1 - rr0 == 0)) ||
+        note "$c round $r: RSTs sent during the HTTP load: director $((dr1 - dr0)), real servers $((rr1 - rr0))"
+
+    local json=$LOGS/$c-r$r-iperf3.json gbps
+    timeout $((IPERF_SECS + 20)) ip netns exec "$CLIENT_NS" \
+        iperf3 -c "$VIP" -p 5201 -t "$IPERF_SECS" -J --connect-timeout 3000 >"$json" 2>&1 || true
+    if gbps=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))' "$json" 2>/dev/null); then
+        record "$r" "$c" iperf_gbps "$gbps"
+        say "$c round $r: iperf3: $gbps Gbit/s"
+    else
+        fail "$c round $r: iperf3 through $VIP:5201 failed ($json)"
+    fi
+
+    if [[ $c == nfvs* ]]; then
+        # /proc/net/netfilter/nfnetlink_queue, per network namespace: field 6 queue_dropped
+        # (queue full), field 7 user_dropped (netlink socket buffer full). net/netfilter/
+        # nfnetlink_queue.c, seq_show.
+        local qd ud
+        # shellcheck disable=SC2016 # awk's fields, not shell's
+        read -r qd ud < <(in_dir awk '{d += $6; u += $7} END {print d + 0, u + 0}' /proc/net/netfilter/nfnetlink_queue)
+        record "$r" "$c" q_dropped "$qd"
+        record "$r" "$c" q_user_dropped "$ud"
+        local warns
+        warns=$(grep -c -E '\b(WARN|ERROR)\b' "$NFVS_LOG" || true)
+        record "$r" "$c" log_warnings "$warns"
+        ((qd + ud == 0)) || note "$c round $r: NFQUEUE dropped $qd (queue full) + $ud (socket buffer) SYNs"
+        ((warns == 0)) || note "$c round $r: $warns warning/error lines in $NFVS_LOG, e.g. $(grep -m1 -E '\b(WARN|ERROR)\b' "$NFVS_LOG" | cut -c1-200)"
+    fi
+}
+
+# nfvs's RSS with FILL_CONNS tracked connections.
+measure_rss() {
+    local c=nfvs-rss
+    CUR=nfvs
+    ROUND=rss
+    flush_ct
+    if ! start_contender nfvs || ! wait_balanced; then
+        fail "nfvs (RSS test) could not start"
+        stop_contender nfvs
+        return
+    fi
+    local pid=$CUR_PID
+    sleep 1
+    record - "$c" rss_idle_mb "$(awk -v k="$(vm_kb "$pid" VmRSS)" 'BEGIN{printf "%.1f", k / 1024}')"
+    local src
+    for src in "${FILL_SRCS[@]}"; do in_client ip addr add "$src/24" dev eth0 2>/dev/null || true; done
+    local srcs
+    srcs=$(IFS=,; echo "${FILL_SRCS[*]}")
+    say "RSS test: $FILL_CONNS connections, $FILL_CONC at a time, from $srcs"
+    local kv
+    kv=$(timeout 300 ip netns exec "$CLIENT_NS" "$PROBE" fill "$VIP" 80 "$FILL_CONNS" "$FILL_CONC" "$srcs" 280 2>>"$LOGS/rss-fill.err") || true
+    echo "$kv" >"$LOGS/rss-fill.txt"
+    say "RSS test: fill: $kv"
+    if [[ $kv =~ done=([0-9]+).*rate=([0-9]+) ]]; then
+        record - "$c" fill_done "${BASH_REMATCH[1]}"
+        record - "$c" fill_rate "${BASH_REMATCH[2]}"
+    else
+        fail "RSS test: the connection fill gave no result: $kv"
+    fi
+    [[ $kv =~ errors=([1-9][0-9]*) ]] && note "RSS test: ${BASH_REMATCH[1]} connections of the fill failed"
+    # Let the event thread catch up with the last connections' updates.
+    sleep 2
+    local ours total conns rss hwm idle
+    ours=$(in_dir conntrack -L -m "$CT_MARK" 2>/dev/null | wc -l)
+    total=$(in_dir conntrack -C 2>/dev/null || echo 0)
+    # ipvsadm -L -n rows "  -> RIP:PORT Masq W ActiveConn InActConn".
+    conns=$(in_dir "$NFVS" adm --control "$RUN/control.sock" -L -n 2>/dev/null |
+        awk '$1 == "->" && $5 ~ /^[0-9]+$/ {s += $5 + $6} END {print s + 0}')
+    rss=$(vm_kb "$pid" VmRSS)
+    hwm=$(vm_kb "$pid" VmHWM)
+    idle=$(awk -F'\t' '$2 == "nfvs-rss" && $3 == "rss_idle_mb" {print $4}' "$OUT/raw.tsv")
+    record - "$c" ct_ours "$ours"
+    record - "$c" ct_total "$total"
+    record - "$c" daemon_conns "$conns"
+    record - "$c" rss_mb "$(awk -v k="$rss" 'BEGIN{printf "%.1f", k / 1024}')"
+    record - "$c" hwm_mb "$(awk -v k="$hwm" 'BEGIN{printf "%.1f", k / 1024}')"
+    ((conns > 0)) && record - "$c" bytes_per_conn "$(awk -v k="$rss" -v i="$idle" -v n="$conns" 'BEGIN{printf "%.0f", (k - i * 1024) * 1024 / n}')"
+    say "RSS test: conntrack: $ours ours of $total; nfvs counts $conns; VmRSS $rss kB, VmHWM $hwm kB"
+    ((ours >= FILL_CONNS * 9 / 10)) ||
+        note "RSS test: only $ours of our entries in the director's conntrack table after a fill of $FILL_CONNS"
+    ((conns >= ours * 9 / 10)) ||
+        note "RSS test: nfvs counts $conns connections but conntrack holds $ours of its entries"
+    local warns
+    warns=$(grep -c -E '\b(WARN|ERROR)\b' "$NFVS_LOG" || true)
+    ((warns == 0)) || note "RSS test: $warns warning/error lines in $NFVS_LOG, e.g. $(grep -m1 -E '\b(WARN|ERROR)\b' "$NFVS_LOG" | cut -c1-200)"
+    stop_contender nfvs
+    for src in "${FILL_SRCS[@]}"; do in_client ip addr del "$src/24" dev eth0 2>/dev/null || true; done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+START=$SECONDS
+rm -rf "$OUT"
+mkdir -p "$RUN" "$LOGS"
+: >"$OUT/raw.tsv"
+
+meta date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+meta commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (with local changes)')"
+meta cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+meta nproc "$(nproc)"
+meta kernel "$(uname -sr)"
+meta memory "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+meta load_before "$(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average: other work on the machine shares its CPUs)"
+meta tools "$(wrk -v 2>&1 | head -n1 | awk '{print "wrk", $2}'), $(haproxy -v | head -n1 | awk '{print "haproxy", $3}'), $(iperf3 --version | head -n1 | awk '{print "iperf3", $2}'), $(nginx -v 2>&1 | sed 's/.*version: //'), $(nft --version)"
+meta contenders "$CONTENDERS"
+if awk -v n="$(nproc)" '{exit !($1 > n / 2)}' /proc/loadavg; then
+    note "the machine was busy when the run started (1-min load $(cut -d' ' -f1 /proc/loadavg) on $(nproc) CPUs): expect noisy numbers; compare the rounds"
+fi
+meta settings "ROUNDS=$ROUNDS DURATION=${DURATION}s CONCS=\"$CONCS\" KA_CONC=$KA_CONC LAT_N=$LAT_N IPERF_SECS=$IPERF_SECS FILL_CONNS=$FILL_CONNS FILL_CONC=$FILL_CONC; wrk threads = min(2, concurrency); client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65535; director: ip_local_port_range 1024-65535; conntrack flushed in the director before every measurement"
+
+if [[ -n ${NFVS_BIN:-} ]]; then
+    NFVS=$(realpath "$NFVS_BIN")
+else
+    step "building nfvs (cargo build --release)"
+    cargo build --release >&2
+    NFVS=$PWD/target/release/nfvs
+fi
+[[ -x $NFVS ]] || die "$NFVS was not built"
+
+if ((SCHED_MS > 0)); then
+    step "scheduler micro-benchmark (cargo build --release --example sched_bench; $SCHED_MS ms per cell)"
+    cargo build --release --example sched_bench >&2
+    target/release/examples/sched_bench "$SCHED_MS" >"$OUT/sched_bench.txt" ||
+        fail "sched_bench failed"
+    cat "$OUT/sched_bench.txt" >&2
+fi
+
+step "building the latency/fill probe"
+PROBE=$PWD/$OUT/connprobe
+gcc -O2 -Wall -Wextra -o "$PROBE" scripts/bench/connprobe.c
+
+step "building the lab (scripts/lab.sh up $PREFIX)"
+lab_up=1
+scripts/lab.sh up "$PREFIX" >&2
+# Client tuning: wrk closes first behind a proxy (it has the whole answer before the proxy's
+# FIN arrives), so the client collects TIME_WAIT sockets, and connect()'s port search through
+# them (net/ipv4/inet_hashtables.c, __inet_hash_connect) costs milliseconds and would leak
+# into the next contender's latency. tw_reuse lets connect() take such ports (RFC 6191-style
+# timestamp check, tcp_twsk_unique); the wide range gives wrk and HAProxy more tuples.
+in_client sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
+in_dir sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
+for i in "${!RS_IPS[@]}"; do
+    ns=$PREFIX-rs$((i + 1))
+    ip netns exec "$ns" iperf3 -s -B "${RS_IPS[i]}" -p 5201 >"$LOGS/iperf3-server-rs$((i + 1)).log" 2>&1 &
+    PIDS+=("$!")
+done
+
+read -ra CONT <<<"$CONTENDERS"
+ncont=${#CONT[@]}
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    for ((k = 0; k < ncont; k++)); do
+        c=${CONT[(k + ROUND - 1) % ncont]}
+        step "round $ROUND/$ROUNDS: $c ($((SECONDS - START)) s so far)"
+        flush_ct
+        if ! start_contender "$c" || ! wait_balanced; then
+            fail "$c round $ROUND: could not be set up (logs in $LOGS)"
+            stop_contender "$c" || true
+            continue
+        fi
+        measure
+        stop_contender "$c" || fail "$c round $ROUND: teardown failed"
+    done
+done
+
+if [[ " $CONTENDERS " == *" nfvs "* ]] && ((FILL_CONNS > 0)); then
+    step "nfvs RSS with $FILL_CONNS tracked connections"
+    measure_rss
+fi
+
+meta load_after "$(cut -d' ' -f1-3 /proc/loadavg)"
+meta elapsed "$((SECONDS - START)) s"
+note "whole run took $((SECONDS - START)) s"
+
+step "report ($OUT/results.md)"
+python3 scripts/bench/summarise.py "$OUT" >"$OUT/results.md"
+cat "$OUT/results.md"
+
+((FAILED == 0)) || die "some contenders or measurements could not run: see $OUT/failures.txt"

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Turns scripts/bench.sh's raw measurements into its markdown report.
+
+usage: summarise.py OUTDIR
+
+Reads from OUTDIR:
+  raw.tsv         one measurement a line: ROUND<TAB>CONTENDER<TAB>METRIC<TAB>VALUE
+                  (ROUND is "-" for the one-off measurements, such as nfvs's RSS)
+  meta.tsv        KEY<TAB>VALUE lines describing the machine and the settings
+  failures.txt    one line per thing that could not run (may be missing or empty)
+  sched_bench.txt the scheduler micro-benchmark's tables (may be missing)
+and prints the report: medians of the rounds, absolute and as ratios to the kernel-only
+ceiling, then the per-round values so the spread can be judged.
+"""
+
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+BASELINE = "kernel"
+
+# Contender names as bench.sh records them -> column headings.
+LABELS = {
+    "kernel": "kernel-only (nft dnat)",
+    "haproxy": "HAProxy (tcp)",
+    "nfvs": "nfvs (RUST_LOG=warn)",
+    "nfvs-info": "nfvs (RUST_LOG=info)",
+}
+
+# metric -> (label, kind, digits). kind: "rate" is compared as a ratio to the baseline;
+# "lat" as microseconds added to the baseline; "cost" as a ratio, lower is better; "count"
+# is summed over the rounds instead of taking a median (errors, drops).
+METRICS = [
+    ("cps_c1", "new connections/s, c=1", "rate", 0),
+    ("cps_c8", "new connections/s, c=8", "rate", 0),
+    ("cps_c64", "new connections/s, c=64", "rate", 0),
+    ("lat_p50_us", "connect latency p50 (us)", "lat", 1),
+    ("lat_p99_us", "connect latency p99 (us)", "lat", 1),
+    ("req_p50_us", "whole short request p50 (us)", "lat", 1),
+    ("req_p99_us", "whole short request p99 (us)", "lat", 1),
+    ("ka_rps", "keep-alive requests/s", "rate", 0),
+    ("iperf_gbps", "iperf3 through the VIP (Gbit/s)", "rate", 2),
+    ("cpu_ms_per_1k", "balancer process CPU ms / 1,000 new conns", "cost", 1),
+    ("busy_ms_per_1k", "whole machine busy CPU ms / 1,000 new conns", "cost", 1),
+    ("softirq_ms_per_1k", "whole machine softirq ms / 1,000 new conns", "cost", 1),
+    ("wrk_errors", "wrk socket errors + non-2xx (sum of rounds)", "count", 0),
+    ("dir_rsts", "TCP RSTs sent by the director (sum of rounds)", "count", 0),
+    ("rs_rsts", "TCP RSTs sent by the real servers (sum of rounds)", "count", 0),
+    ("q_dropped", "NFQUEUE queue_dropped (sum of rounds)", "count", 0),
+    ("q_user_dropped", "NFQUEUE user_dropped (sum of rounds)", "count", 0),
+    ("log_warnings", "daemon warning lines (sum of rounds)", "count", 0),
+]
+
+
+def read_tsv(path):
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rows.append(line.split("\t"))
+    return rows
+
+
+def fmt(v, digits):
+    if v is None:
+        return "—"
+    if digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out = Path(sys.argv[1])
+    meta = dict((r[0], r[1] if len(r) > 1 else "") for r in read_tsv(out / "meta.tsv"))
+    raw = read_tsv(out / "raw.tsv")
+
+    # values[contender][metric] -> [(round, value)]
+    values = defaultdict(lambda: defaultdict(list))
+    order = []
+    for row in raw:
+        if len(row) != 4:
+            continue
+        rnd, cont, metric, val = row
+        try:
+            v = float(val)
+        except ValueError:
+            continue
+        if cont not in order and rnd != "-":
+            order.append(cont)
+        values[cont][metric].append((rnd, v))
+    wanted = meta.get("contenders", "").split()
+    conts = [c for c in wanted if c in order] + [c for c in order if c not in wanted]
+    if BASELINE in conts:
+        conts.remove(BASELINE)
+        conts.insert(0, BASELINE)
+
+    def agg(cont, metric, kind):
+        vals = [v for r, v in values[cont].get(metric, []) if r != "-"]
+        if not vals:
+            return None
+        return sum(vals) if kind == "count" else statistics.median(vals)
+
+    p = print
+    p("# nfvs benchmark: kernel-only DNAT vs HAProxy vs nfvs")
+    p()
+    p(f"Run {meta.get('date', '?')}, nfvs {meta.get('commit', '?')}, by `scripts/bench.sh`.")
+    p()
+    p("## Machine")
+    p()
+    for key in ("cpu", "nproc", "kernel", "memory", "load_before", "load_after", "tools"):
+        if key in meta:
+            p(f"- {key.replace('_', ' ')}: {meta[key]}")
+    p()
+    p("## Settings")
+    p()
+    p(f"- {meta.get('settings', '?')}")
+    p("- Lab: scripts/lab.sh (client, director, two nginx real servers in network namespaces; "
+      "everything shares this machine's CPUs, so every contender's numbers include the client's "
+      "and the servers' CPU use).")
+    p("- Contenders run one at a time in the director, interleaved over the rounds (the order "
+      "rotates each round); each table cell is the median of the rounds.")
+    p()
+
+    failures = (out / "failures.txt").read_text().strip() if (out / "failures.txt").exists() else ""
+    if failures:
+        p("## Could not run")
+        p()
+        for line in failures.splitlines():
+            p(f"- {line}")
+        p()
+
+    p("## Results (medians of the rounds)")
+    p()
+    p("Ratios are to the kernel-only ceiling (higher is better for rates, lower for costs); "
+      "latencies show the microseconds added to the kernel-only path.")
+    p()
+    p("| metric | " + " | ".join(LABELS.get(c, c) for c in conts) + " |")
+    p("|---|" + "---:|" * len(conts))
+    for metric, label, kind, digits in METRICS:
+        if not any(values[c].get(metric) for c in conts):
+            continue
+        base = agg(BASELINE, metric, kind) if BASELINE in conts else None
+        cells = []
+        for c in conts:
+            v = agg(c, metric, kind)
+            cell = fmt(v, digits)
+            if v is not None and base is not None and c != BASELINE:
+                if kind in ("rate", "cost") and base > 0:
+                    cell += f" ({v / base:.2f}x)"
+                elif kind == "lat":
+                    cell += f" ({v - base:+.1f})"
+            cells.append(cell)
+        p(f"| {label} | " + " | ".join(cells) + " |")
+    p()
+
+    p("How to read it:")
+    p()
+    p("- *new connections/s*: wrk with `Connection: close` (one request per connection; the "
+      "server closes first). One client address means the director's conntrack table soon holds "
+      "TIME_WAIT entries for the very tuples the client reuses: the kernel's TCP tracker replaces "
+      "such an entry by itself, nfvs finds it on EEXIST, deletes it and creates its own "
+      "(design.md fact 6), so this load also measures that slow path.")
+    p("- *connect latency*: the client's connect() call, SYN to ESTABLISHED, one at a time. "
+      "Behind HAProxy the handshake ends at the director (the proxy's own connection to the real "
+      "server comes later), so it is shorter than the kernel path by design; *whole short "
+      "request* (connect, GET, read to EOF) is the like-for-like figure.")
+    p("- *balancer process CPU*: utime + stime of the daemon or HAProxy (all threads) during the "
+      "highest-concurrency `Connection: close` run; kernel-only has no process (0). The "
+      "director's softirq work cannot be separated from the client's and the servers' (one "
+      "machine), so the *whole machine* rows count everything, including other load on it.")
+    p("- *TCP RSTs*: counted in the director's and the real servers' namespaces during the HTTP "
+      "load. Through DNAT there should be none (a RST means a packet met a host with no socket "
+      "for it); HAProxy's director RSTs are its own aborts of connections wrk leaves open when "
+      "it stops.")
+    p()
+
+    rss = {m: v for m, vals in values.get("nfvs-rss", {}).items() for _, v in vals[:1]}
+    if rss:
+        p("## nfvs memory with tracked connections")
+        p()
+        p("| measure | value |")
+        p("|---|---:|")
+        rows = [
+            ("rss_idle_mb", "VmRSS after start, no connections (MB)", 1),
+            ("fill_done", "connections made by the fill (Connection: close, TIME_WAIT after)", 0),
+            ("fill_rate", "fill rate (connections/s)", 0),
+            ("ct_ours", "conntrack entries with nfvs's mark in the director", 0),
+            ("ct_total", "conntrack entries in the director", 0),
+            ("daemon_conns", "connections nfvs counts (ActiveConn + InActConn)", 0),
+            ("rss_mb", "VmRSS with those connections tracked (MB)", 1),
+            ("hwm_mb", "VmHWM, peak RSS (MB)", 1),
+            ("bytes_per_conn", "RSS growth per tracked connection (bytes)", 0),
+        ]
+        for key, label, digits in rows:
+            if key in rss:
+                p(f"| {label} | {fmt(rss[key], digits)} |")
+        p()
+
+    targets = []
+    n = "nfvs" if "nfvs" in conts else None
+    if n and BASELINE in conts:
+        def ratio(metric):
+            a, b = agg(n, metric, "rate"), agg(BASELINE, metric, "rate")
+            return None if a is None or not b else a / b
+
+        def added(metric):
+            a, b = agg(n, metric, "lat"), agg(BASELINE, metric, "lat")
+            return None if a is None or b is None else a - b
+
+        for metric, goal in (("cps_c8", 0.9), ("cps_c64", 0.9), ("ka_rps", 0.97), ("iperf_gbps", 0.97)):
+            r = ratio(metric)
+            if r is not None:
+                targets.append((f"{dict((m, l) for m, l, _, _ in METRICS)[metric]} >= {goal}x kernel",
+                                f"{r:.2f}x", r >= goal))
+        a = added("lat_p50_us")
+        if a is not None:
+            targets.append(("connect latency p50 added <= 15 us", f"{a:+.1f} us", a <= 15))
+    if "rss_mb" in rss:
+        targets.append((f"RSS < 50 MB with {fmt(rss.get('daemon_conns'), 0)} tracked connections",
+                        f"{rss['rss_mb']:.1f} MB", rss["rss_mb"] < 50))
+    if targets:
+        p("## nfvs (RUST_LOG=warn) against the targets of issue 5")
+        p()
+        p("| target | measured | met |")
+        p("|---|---:|:---:|")
+        for t, m, ok in targets:
+            p(f"| {t} | {m} | {'yes' if ok else 'no'} |")
+        p()
+
+    p("## Every round")
+    p()
+    p("Values of rounds 1, 2, 3, ... in run order (the spread shows how noisy the machine was).")
+    p()
+    p("| metric | " + " | ".join(LABELS.get(c, c) for c in conts) + " |")
+    p("|---|" + "---:|" * len(conts))
+    for metric, label, kind, digits in METRICS:
+        if not any(values[c].get(metric) for c in conts):
+            continue
+        cells = []
+        for c in conts:
+            vals = [v for r, v in sorted(values[c].get(metric, []), key=lambda rv: int(rv[0])) if r != "-"]
+            cells.append(" / ".join(fmt(v, digits) for v in vals) if vals else "—")
+        p(f"| {metric} | " + " | ".join(cells) + " |")
+    p()
+
+    sched = out / "sched_bench.txt"
+    if sched.exists() and sched.read_text().strip():
+        p("## Scheduler micro-benchmark (`cargo run --release --example sched_bench`)")
+        p()
+        p("```")
+        p(sched.read_text().rstrip())
+        p("```")
+        p()
+
+    notes = out / "notes.txt"
+    if notes.exists() and notes.read_text().strip():
+        p("## Notes from this run")
+        p()
+        for line in notes.read_text().splitlines():
+            if line.strip():
+                p(f"- {line}")
+        p()
+
+
+if __name__ == "__main__":
+    main()
