@@ -611,45 +611,77 @@ fn create_mapping(ct: &mut Conntrack, m: &CtMapping, ls: &LoopStats) -> Result<C
 // ---------------------------------------------------------------------------------------
 // conntrack events, ticker
 
+/// How long the event thread lets events gather after the first one wakes it. Under load this
+/// turns one wakeup (and one lock of the shared state) per event — a connection makes five or
+/// more — into one per millisecond, which measured +20% new connections/s on the 2-core lab;
+/// counts then follow state changes (FIN, DESTROY) up to this much later. New connections are
+/// counted at once by the packet thread, as IPVS counts them.
+const EVENT_BATCH: Duration = Duration::from_millis(1);
+/// At most this many further reads per batch, so a flood cannot starve the packet thread of
+/// the lock.
+const EVENT_BATCH_READS: usize = 256;
+
 fn event_loop(sh: &Shared, mut events: CtEvents) {
     let mark = sh.opts.ct_mark;
     let mut buf = Vec::new();
     loop {
-        match events.recv(&mut buf) {
-            Ok(()) => {
-                let mut st = sh.lock();
-                let st = &mut *st;
-                let now = sh.now();
-                for ev in buf.drain(..) {
-                    if ev.entry.mark != mark {
-                        continue;
-                    }
-                    match ev.kind {
-                        CtEventKind::New | CtEventKind::Update => st.conns.seen(&mut st.table, &ev.entry, now),
-                        CtEventKind::Destroy => {
-                            if let Some(d) = st.conns.destroyed(&mut st.table, &ev.entry, now) {
-                                st.stats.record(&d.svc, Some(d.dest), &d.counters);
-                            }
-                        }
-                    }
-                }
-            }
-            Err(CtError::EventsLost) => {
-                warn!("conntrack events were lost (socket buffer full); recounting connections from a dump");
-                // The kernel stops delivering until the socket is read empty (af_netlink
-                // congestion); drain it, then rebuild from a dump.
-                buf.clear();
-                let _ = events.set_nonblocking(true);
-                while events.recv(&mut buf).is_ok() && !buf.is_empty() {
-                    buf.clear();
-                }
-                buf.clear();
-                let _ = events.set_nonblocking(false);
-                resync(sh);
-            }
+        let mut lost = match events.recv(&mut buf) {
+            Ok(()) => false,
+            Err(CtError::EventsLost) => true,
             Err(e) => {
                 warn!("conntrack events: {e}");
                 std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if !lost {
+            std::thread::sleep(EVENT_BATCH);
+            let _ = events.set_nonblocking(true);
+            for _ in 0..EVENT_BATCH_READS {
+                match events.recv(&mut buf) {
+                    Ok(()) => {}
+                    Err(CtError::EventsLost) => {
+                        lost = true;
+                        break;
+                    }
+                    Err(_) => break, // nothing more queued
+                }
+            }
+            let _ = events.set_nonblocking(false);
+        }
+        apply_events(sh, mark, &mut buf);
+        if lost {
+            warn!("conntrack events were lost (socket buffer full); recounting connections from a dump");
+            // The kernel stops delivering until the socket is read empty (af_netlink
+            // congestion); drain it, then rebuild from a dump.
+            let _ = events.set_nonblocking(true);
+            while events.recv(&mut buf).is_ok() {
+                buf.clear();
+            }
+            buf.clear();
+            let _ = events.set_nonblocking(false);
+            resync(sh);
+        }
+    }
+}
+
+fn apply_events(sh: &Shared, mark: u32, buf: &mut Vec<crate::kernel::conntrack::CtEvent>) {
+    if buf.is_empty() {
+        return;
+    }
+    let mut st = sh.lock();
+    let st = &mut *st;
+    let now = sh.now();
+    for ev in buf.drain(..) {
+        if ev.entry.mark != mark {
+            continue;
+        }
+        match ev.kind {
+            CtEventKind::New | CtEventKind::Update => st.conns.seen(&mut st.table, &ev.entry, now),
+            CtEventKind::Destroy => {
+                if let Some(d) = st.conns.destroyed(&mut st.table, &ev.entry, now) {
+                    st.stats.record(&d.svc, Some(d.dest), &d.counters);
+                }
             }
         }
     }
