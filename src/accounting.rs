@@ -199,6 +199,13 @@ impl Conns {
         }
     }
 
+    /// If nfvs tracks a connection for `orig` that has finished (FIN/RST seen: TIME_WAIT,
+    /// CLOSE, ...), the conntrack id of its entry (None if no event told it yet), else None.
+    /// A SYN for such a tuple is a reused source port (design.md fact 6).
+    pub fn finished(&self, orig: &Tuple) -> Option<Option<u32>> {
+        self.map.get(orig).filter(|c| !c.active).map(|c| c.id)
+    }
+
     /// Tuples of up to `limit` active connections (for traffic sampling).
     pub fn active_tuples(&self, limit: usize) -> Vec<Tuple> {
         self.map.iter().filter(|(_, c)| c.active).map(|(t, _)| *t).take(limit).collect()
@@ -379,6 +386,21 @@ mod tests {
         c.seen(&mut t, &entry(7, 130, TcpState::SynSent, 71, 1), Duration::ZERO);
         assert!(c.destroyed(&mut t, &entry(7, 130, TcpState::Close, 71, 2), Duration::ZERO).is_some());
         assert_eq!(counts(&t), [(0, 0), (0, 0)]);
+    }
+
+    #[test]
+    fn finished_tells_a_reused_port_apart_from_a_live_flow() {
+        let mut t = parse_rules(LAB, "t").unwrap();
+        let svc = t.services()[0].key();
+        let a = t.services()[0].dests[0].id;
+        let mut c = Conns::new();
+        assert_eq!(c.finished(&tuple(5)), None, "unknown tuple");
+        c.scheduled(&mut t, tuple(5), svc, a, None, None);
+        assert_eq!(c.finished(&tuple(5)), None, "a SYN in flight is not finished");
+        c.seen(&mut t, &entry(5, 131, TcpState::Established, 50, 1));
+        assert_eq!(c.finished(&tuple(5)), None, "established is live");
+        c.seen(&mut t, &entry(5, 131, TcpState::TimeWait, 50, 2));
+        assert_eq!(c.finished(&tuple(5)), Some(Some(50)));
     }
 
     #[test]

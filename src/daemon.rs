@@ -114,6 +114,8 @@ pub struct LoopStats {
     pub scheduled: AtomicU64,
     pub retransmits: AtomicU64,
     pub reused_ports: AtomicU64,
+    /// Reused ports whose old entry nfvs knew finished (the short path).
+    pub reused_known: AtomicU64,
     pub no_dest: AtomicU64,
     pub not_ours: AtomicU64,
     pub malformed: AtomicU64,
@@ -554,7 +556,13 @@ fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey, packet: &[u8]) -> Ver
     let dest = &svc.dests[pick.index];
     let (rip, dest_id) = (dest.rip(), dest.id);
     let mapping = CtMapping::dnat(flow, rip, sh.opts.ct_mark);
-    match create_mapping(ct, &mapping, ls) {
+    let created = match st.conns.finished(&mapping.orig) {
+        // A reused source port whose old entry we know is finished: delete it and create
+        // ours, two netlink round trips instead of four (create, EEXIST, get, delete, create).
+        Some(old_id) => reuse_mapping(ct, &mapping, old_id, ls),
+        None => create_mapping(ct, &mapping, ls),
+    };
+    match created {
         Ok(Created::New { replaced }) => {
             st.conns.scheduled(&mut st.table, mapping.orig, key, dest_id, replaced, pick.template);
             st.stats.record(&key, Some(dest_id), &Counters { conns: 1, ..Counters::default() });
@@ -579,6 +587,21 @@ enum Created {
     /// Created; `replaced` is the id of an old entry of the same tuple deleted first.
     New { replaced: Option<u32> },
     Retransmit,
+}
+
+/// [`create_mapping`] for a tuple whose previous connection nfvs saw finish.
+fn reuse_mapping(ct: &mut Conntrack, m: &CtMapping, old_id: Option<u32>, ls: &LoopStats) -> Result<Created, CtError> {
+    ct.delete(&m.orig)?;
+    match ct.create(m) {
+        Ok(()) => {
+            ls.reused_ports.fetch_add(1, Ordering::Relaxed);
+            ls.reused_known.fetch_add(1, Ordering::Relaxed);
+            Ok(Created::New { replaced: old_id })
+        }
+        // Something re-created the tuple in between: take the general path.
+        Err(CtError::Exists) => create_mapping(ct, m, ls),
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates the entry, handling an existing one as design.md fact 6 says: a state up to
@@ -801,11 +824,12 @@ fn signal_loop(sh: &Shared, set: libc::sigset_t) {
         let ls = &sh.loop_stats;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         info!(
-            "signal {sig}: stopping; this run scheduled {} connection(s) ({} on a reused source port), \
+            "signal {sig}: stopping; this run scheduled {} connection(s) ({} on a reused source port, {} known finished), \
              saw {} retransmitted SYN(s), refused {} (no eligible server), dropped {} on conntrack errors; \
              the kernel dropped {} SYN(s) on a full queue; {} packet(s) were not new IPv4 TCP",
             n(&ls.scheduled),
             n(&ls.reused_ports),
+            n(&ls.reused_known),
             n(&ls.retransmits),
             n(&ls.no_dest),
             n(&ls.ct_errors),
