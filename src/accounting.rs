@@ -397,9 +397,9 @@ mod tests {
         assert_eq!(c.finished(&tuple(5)), None, "unknown tuple");
         c.scheduled(&mut t, tuple(5), svc, a, None, None);
         assert_eq!(c.finished(&tuple(5)), None, "a SYN in flight is not finished");
-        c.seen(&mut t, &entry(5, 131, TcpState::Established, 50, 1));
+        c.seen(&mut t, &entry(5, 131, TcpState::Established, 50, 1), Duration::ZERO);
         assert_eq!(c.finished(&tuple(5)), None, "established is live");
-        c.seen(&mut t, &entry(5, 131, TcpState::TimeWait, 50, 2));
+        c.seen(&mut t, &entry(5, 131, TcpState::TimeWait, 50, 2), Duration::ZERO);
         assert_eq!(c.finished(&tuple(5)), Some(Some(50)));
     }
 
