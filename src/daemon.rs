@@ -736,7 +736,7 @@ fn ticker_loop(sh: &Shared) {
         if now_dropped > dropped {
             warn!(
                 "overload: the kernel dropped {} SYN(s) in the last {}s because the queue was full \
-                 (clients retry after ~1s; --fail-open lets them through unbalanced instead; \
+                 (clients retry after ~1s; --overload fallback has the kernel balance them instead; \
                  --queues spreads the load over more workers)",
                 now_dropped - dropped,
                 ESTIMATOR_INTERVAL.as_secs()
