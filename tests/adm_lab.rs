@@ -137,19 +137,6 @@ fn curl_rs(lab: &Lab) -> String {
     rs_of(&lab.client_curl_vip().unwrap())
 }
 
-/// A rate-limited download of the lab's 20 MiB file through the VIP from the client, into
-/// `out`. At 2 MiB/s it runs ~10 s: long enough to outlive every edit a test makes.
-fn start_download(lab: &Lab, out: &Path) -> Child {
-    let _ = fs::remove_file(out);
-    lab.command(Role::Client, "curl")
-        .args(["-sS", "--fail", "--limit-rate", "2M", "--max-time", "60", "-o"])
-        .arg(out)
-        .arg(format!("http://{VIP}/big.bin"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn curl")
-}
 
 fn wait_started(out: &Path) {
     assert!(
@@ -396,7 +383,7 @@ fn edits_during_traffic() {
     let _ = fs::remove_file(&stop);
 
     // The download is the first connection: wrr sends it to .131 (the server added last).
-    let mut download = start_download(&lab, &out);
+    let mut download = lab.start_download(&out, "2M");
     wait_started(&out);
     let curls = start_curl_loop(&lab, &stop);
     let phase = Duration::from_millis(1200);
@@ -680,7 +667,7 @@ fn restore_connections_listing_and_zero() {
     assert_eq!(got, [RS2, RS1, RS2, RS1].map(|a| a.to_string()));
     assert_eq!(rs_of(&lab.client_curl(&format!("http://{VIP}:81/")).unwrap()), RS1.to_string());
     let file = tmp_dir().join(format!("{}-c.bin", lab.prefix()));
-    let mut download = start_download(&lab, &file);
+    let mut download = lab.start_download(&file, "2M");
     wait_started(&file);
 
     let listing = adm.ok(&["-L", "-n", "-c"]);
@@ -755,7 +742,7 @@ fn deleted_server_drains_by_default() {
     let d = lab.nfvs().start().unwrap();
     let adm = Ipvsadm::new(&lab.director());
     let file = tmp_dir().join(format!("{}-drain.bin", lab.prefix()));
-    let mut download = start_download(&lab, &file);
+    let mut download = lab.start_download(&file, "2M");
     wait_started(&file);
     assert_eq!(nfvs_entries_of(&lab, "192.168.226.131").len(), 1, "the download's entry (wrr's first pick)");
     adm.ok(&["-d", "-t", SVC, "-r", "192.168.226.131:80"]);
@@ -800,7 +787,7 @@ fn expire_nodest_cuts_the_deleted_servers_connections() {
     let mut d = lab.nfvs().arg("--expire-nodest").start().unwrap();
     let adm = Ipvsadm::new(&lab.director());
     let file = tmp_dir().join(format!("{}-expire.bin", lab.prefix()));
-    let mut download = start_download(&lab, &file);
+    let mut download = lab.start_download(&file, "2M");
     wait_started(&file);
     assert_eq!(nfvs_entries_of(&lab, "192.168.226.131").len(), 1, "the download's entry");
     // `ip netns exec` execs curl: the child's PID is curl's.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -198,17 +198,6 @@ fn close(h: Held) {
     drop(h.stream);
 }
 
-/// A rate-limited download of the lab's 20 MiB file through the VIP into `out` (4 MB/s: about
-/// 5 s).
-fn start_download(lab: &Lab, out: &std::path::Path) -> Child {
-    lab.command(Role::Client, "curl")
-        .args(["-sS", "--fail", "--limit-rate", "4M", "--max-time", "60", "-o"])
-        .arg(out)
-        .arg(format!("http://{VIP}/big.bin"))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn curl")
-}
 
 // ---------------------------------------------------------------------------------------
 // `nfvs adm -L -n`
@@ -439,7 +428,7 @@ fn weight_0_quiesces_while_a_running_download_completes() {
     let lab = Lab::up();
     let d = lab.nfvs().start().unwrap();
     let out = tmp_dir().join(format!("{}-quiesce.bin", lab.prefix()));
-    let mut curl = start_download(&lab, &out);
+    let mut curl = lab.start_download(&out, "4M");
     // The seed's wrr list is [.131, .130]: the download goes to .131 (§2.2 WRR-1).
     assert!(wait_until(SETTLE, || !decisions(&d).is_empty()), "no decision logged:\n{}", d.log());
     let busy = decisions(&d)[0].rs.expect("the download was not scheduled");

@@ -40,17 +40,6 @@ fn twenty_curls_alternate_starting_with_131() {
     assert!(lines[1].contains("rs=192.168.226.130:80"), "{}", lines[1]);
 }
 
-/// Starts a rate-limited download of the lab's 20 MB file through the VIP from the client,
-/// writing to `out`; returns the curl process.
-fn start_download(lab: &Lab, out: &std::path::Path) -> std::process::Child {
-    lab.command(Role::Client, "curl")
-        .args(["-sS", "--fail", "--limit-rate", "4M", "--max-time", "60", "-o"])
-        .arg(out)
-        .arg(format!("http://{VIP}/big.bin"))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn curl")
-}
 
 fn wait_started(out: &std::path::Path) {
     assert!(
@@ -67,7 +56,7 @@ fn download_survives_sigkill() {
     let lab = Lab::up();
     let mut d = lab.nfvs().start().unwrap();
     let out = tmp_dir().join(format!("{}-kill.bin", lab.prefix()));
-    let mut curl = start_download(&lab, &out);
+    let mut curl = lab.start_download(&out, "4M");
     wait_started(&out);
     d.signal(libc::SIGKILL).unwrap();
     d.wait().unwrap();
@@ -89,7 +78,7 @@ fn download_survives_sigterm_stop() {
     let lab = Lab::up();
     let mut d = lab.nfvs().start().unwrap();
     let out = tmp_dir().join(format!("{}-term.bin", lab.prefix()));
-    let mut curl = start_download(&lab, &out);
+    let mut curl = lab.start_download(&out, "4M");
     wait_started(&out);
     d.signal(libc::SIGTERM).unwrap();
     let status = curl.wait().unwrap();

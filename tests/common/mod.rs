@@ -422,6 +422,21 @@ impl Lab {
         self.client_curl(&format!("http://{VIP}/"))
     }
 
+    /// Starts a download of the lab's 20 MiB file through the VIP from the client into `out`,
+    /// limited to `rate` (curl's `--limit-rate`, e.g. "4M": about 5 s), so it outlives what a
+    /// test does meanwhile. stderr is piped (curl prints only on failure).
+    pub fn start_download(&self, out: &Path, rate: &str) -> std::process::Child {
+        let _ = std::fs::remove_file(out);
+        self.command(Role::Client, "curl")
+            .args(["-sS", "--fail", "--limit-rate", rate, "--max-time", "60", "-o"])
+            .arg(out)
+            .arg(format!("http://{VIP}/big.bin"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn curl")
+    }
+
     /// A sysctl's value in the namespace of `role`, e.g. `net.ipv4.ip_forward`.
     pub fn sysctl(&self, role: Role, key: &str) -> String {
         self.exec_ok(role, &["sysctl", "-n", key]).trim().to_owned()
