@@ -90,6 +90,11 @@ do_down() {
         pids=()
         for pid in $(ip netns pids "$ns" 2>/dev/null || true); do pids+=("$pid"); done
         stop_pids "${pids[@]}"
+        # What an nfvs killed in there left under /run/nfvs (its sysctl state file and control
+        # socket are named after the namespace's inode, which the kernel may reuse).
+        local ino
+        ino=$(stat -L -c %i "/run/netns/$ns" 2>/dev/null || true)
+        [[ -n $ino ]] && rm -f -- "/run/nfvs/sysctl-netns-$ino.state" "/run/nfvs/control-netns-$ino.sock"
         ip netns del "$ns" 2>/dev/null || true
     done
     rm -rf -- "$run"

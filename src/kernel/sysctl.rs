@@ -41,6 +41,15 @@ impl Setting {
     }
 }
 
+/// One record of the state file: a key, its value before nfvs, and the value nfvs set (absent
+/// in files written before this field existed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Saved {
+    key: String,
+    original: String,
+    set: Option<String>,
+}
+
 /// Where sysctls and the state file live; tests point both at temporary directories.
 #[derive(Debug, Clone)]
 pub struct Sysctl {
@@ -90,8 +99,8 @@ impl Sysctl {
             .map_err(|source| SysctlError::Write { key: key.to_string(), value: value.to_string(), source })
     }
 
-    /// The saved original values, if a state file exists.
-    pub fn load_state(&self) -> Result<Vec<Setting>, SysctlError> {
+    /// The saved records, if a state file exists.
+    fn load_state(&self) -> Result<Vec<Saved>, SysctlError> {
         let text = match fs::read_to_string(&self.state_file) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -102,39 +111,46 @@ impl Sysctl {
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = line.split_once(' ').ok_or_else(|| SysctlError::StateParse {
-                path: self.state_file.clone(),
-                line: i + 1,
-                text: line.to_string(),
-            })?;
-            out.push(Setting::new(k, v));
+            let mut words = line.split(' ');
+            let (Some(key), Some(original)) = (words.next(), words.next()) else {
+                return Err(SysctlError::StateParse { path: self.state_file.clone(), line: i + 1, text: line.to_string() });
+            };
+            let set = words.next().map(str::to_string);
+            out.push(Saved { key: key.to_string(), original: original.to_string(), set });
         }
         Ok(out)
     }
 
-    fn save_state(&self, saved: &[Setting]) -> Result<(), SysctlError> {
+    fn save_state(&self, saved: &[Saved]) -> Result<(), SysctlError> {
         let err = |source| SysctlError::StateWrite { path: self.state_file.clone(), source };
         if let Some(dir) = self.state_file.parent() {
             fs::create_dir_all(dir).map_err(err)?;
         }
         let tmp = self.state_file.with_extension("tmp");
         let mut f = fs::File::create(&tmp).map_err(err)?;
-        writeln!(f, "# values nfvs replaced; restored and removed on nfvs's clean stop").map_err(err)?;
+        writeln!(f, "# key, value before nfvs, value nfvs set; restored and removed on nfvs's clean stop").map_err(err)?;
         for s in saved {
-            writeln!(f, "{} {}", s.key, s.value).map_err(err)?;
+            writeln!(f, "{} {} {}", s.key, s.original, s.set.as_deref().unwrap_or("")).map_err(err)?;
         }
         f.sync_all().map_err(err)?;
         fs::rename(&tmp, &self.state_file).map_err(err)
     }
 
-    /// Sets `wanted`, first recording the values it replaces. Values already recorded by an
-    /// earlier run that did not stop cleanly are kept: they are the system's own.
+    /// Sets `wanted`, first recording the values it replaces. A record left by an earlier run
+    /// that did not stop cleanly is kept when the value is still the one that run set: the
+    /// recorded value is then the system's own. When the value is something else, the record
+    /// is stale (an admin changed the value since, or the file belongs to an earlier namespace
+    /// whose inode the kernel reused) and the current value is taken instead.
     pub fn apply(&self, wanted: &[Setting]) -> Result<(), SysctlError> {
-        let mut saved = self.load_state()?;
+        let old = self.load_state()?;
+        let mut saved = Vec::with_capacity(wanted.len());
         for w in wanted {
-            if !saved.iter().any(|s| s.key == w.key) {
-                saved.push(Setting::new(w.key.clone(), self.read(&w.key)?));
-            }
+            let current = self.read(&w.key)?;
+            let original = match old.iter().find(|s| s.key == w.key) {
+                Some(s) if s.set.as_ref().is_none_or(|set| *set == current) => s.original.clone(),
+                _ => current,
+            };
+            saved.push(Saved { key: w.key.clone(), original, set: Some(w.value.clone()) });
         }
         self.save_state(&saved)?;
         for w in wanted {
@@ -150,7 +166,7 @@ impl Sysctl {
         let saved = self.load_state()?;
         let mut first_err = None;
         for s in &saved {
-            match self.write(&s.key, &s.value) {
+            match self.write(&s.key, &s.original) {
                 Ok(()) => {}
                 Err(SysctlError::Write { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -232,6 +248,21 @@ mod tests {
         f.s.apply(&want).unwrap();
         f.s.restore().unwrap();
         assert_eq!(f.s.read("net/ipv4/ip_forward").unwrap(), "0");
+        assert_eq!(f.s.read("net/ipv4/conf/ens37/send_redirects").unwrap(), "1");
+    }
+
+    #[test]
+    fn stale_state_file_is_not_trusted() {
+        let f = fake("d");
+        let want = f.s.director_settings().unwrap();
+        f.s.apply(&want).unwrap();
+        // "Crash". Then something else sets ip_forward to a value nfvs never set (an admin, or
+        // a new namespace that got this namespace's inode): the record is stale for that key.
+        f.s.write("net/ipv4/ip_forward", "7").unwrap();
+        f.s.apply(&want).unwrap();
+        f.s.restore().unwrap();
+        assert_eq!(f.s.read("net/ipv4/ip_forward").unwrap(), "7", "the value found, not the stale record");
+        // ens37 still had nfvs's value at the restart: its record held, the pre-nfvs 1 is back.
         assert_eq!(f.s.read("net/ipv4/conf/ens37/send_redirects").unwrap(), "1");
     }
 
