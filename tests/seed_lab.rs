@@ -276,3 +276,20 @@ fn overload_fallback_balances_while_no_daemon_runs() {
         .unwrap();
     assert_eq!(out.status.code(), Some(28), "curl should time out: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// `--queues 2`: SYNs are spread over two queues and workers (CPU fanout) that share one
+/// scheduler, so sequential connections still alternate exactly; both queues are bound.
+#[test]
+fn two_queues_share_one_scheduler() {
+    require_root();
+    let lab = Lab::up();
+    let _d = lab.nfvs().args(["--queues", "2"]).start().unwrap();
+    let listed = lab.exec_ok(Role::Director, &["nft", "list", "chain", "ip", "nfvs", "divert"]);
+    assert!(listed.contains("queue num 0-1 fanout"), "{listed}");
+    let bound = lab.exec_ok(Role::Director, &["cat", "/proc/net/netfilter/nfnetlink_queue"]);
+    let queues: Vec<&str> = bound.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(queues, ["0", "1"], "{bound}");
+    let got: Vec<String> = (0..10).map(|_| rs_of(&lab.client_curl_vip().unwrap())).collect();
+    let want: Vec<String> = (0..10).map(|i| if i % 2 == 0 { RS2 } else { RS1 }.to_string()).collect();
+    assert_eq!(got, want);
+}
