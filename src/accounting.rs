@@ -199,6 +199,11 @@ impl Conns {
         }
     }
 
+    /// Whether nfvs tracks a live (active) connection for `orig`.
+    pub fn live(&self, orig: &Tuple) -> bool {
+        self.map.get(orig).is_some_and(|c| c.active)
+    }
+
     /// If nfvs tracks a connection for `orig` that has finished (FIN/RST seen: TIME_WAIT,
     /// CLOSE, ...), the conntrack id of its entry (None if no event told it yet), else None.
     /// A SYN for such a tuple is a reused source port (design.md fact 6).
@@ -397,10 +402,12 @@ mod tests {
         assert_eq!(c.finished(&tuple(5)), None, "unknown tuple");
         c.scheduled(&mut t, tuple(5), svc, a, None, None);
         assert_eq!(c.finished(&tuple(5)), None, "a SYN in flight is not finished");
+        assert!(c.live(&tuple(5)), "a SYN for it now is a retransmission");
         c.seen(&mut t, &entry(5, 131, TcpState::Established, 50, 1), Duration::ZERO);
         assert_eq!(c.finished(&tuple(5)), None, "established is live");
         c.seen(&mut t, &entry(5, 131, TcpState::TimeWait, 50, 2), Duration::ZERO);
         assert_eq!(c.finished(&tuple(5)), Some(Some(50)));
+        assert!(!c.live(&tuple(5)));
     }
 
     #[test]

@@ -535,6 +535,19 @@ fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey, packet: &[u8]) -> Ver
     let now = sh.now();
     let mut guard = sh.lock();
     let st = &mut *guard;
+    // A SYN for a connection nfvs balanced and still sees live is a retransmission (the first
+    // SYN or its SYN-ACK was lost): IPVS finds its connection entry and does not schedule
+    // again, so neither do we, once conntrack confirms the entry is there and alive.
+    let orig = crate::nat::Tuple::from(flow);
+    if st.conns.live(&orig) {
+        if let Ok(Some(e)) = ct.get(&orig) {
+            if e.mark == sh.opts.ct_mark && e.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) {
+                ls.retransmits.fetch_add(1, Ordering::Relaxed);
+                debug!("conn client={}:{} vip={}: retransmitted SYN", flow.src, flow.sport, key.vip());
+                return Verdict::Accept;
+            }
+        }
+    }
     let Some(svc) = st.table.service_mut(&key) else {
         // The divert rule only matches our services, but a table edit may race a queued SYN.
         ls.not_ours.fetch_add(1, Ordering::Relaxed);

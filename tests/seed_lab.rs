@@ -293,3 +293,48 @@ fn two_queues_share_one_scheduler() {
     let want: Vec<String> = (0..10).map(|i| if i % 2 == 0 { RS2 } else { RS1 }.to_string()).collect();
     assert_eq!(got, want);
 }
+
+/// A retransmitted SYN of a connection nfvs already balanced is not scheduled again (IPVS
+/// finds its connection entry): the real server drops the first SYNs, the client retransmits,
+/// the connection completes on the server first chosen, and the rotation goes on from there.
+/// Three servers, so that any number of extra scheduler steps (one per retransmission, 1 or
+/// 2 here) would show in the next choice.
+#[test]
+fn retransmitted_syn_is_not_scheduled_again() {
+    require_root();
+    let lab = Lab::up_with(LabConfig { rs3: true });
+    let rules = tmp_dir().join(format!("{}-retrans.rules", lab.prefix()));
+    let svc = format!("{VIP}:80");
+    std::fs::write(
+        &rules,
+        format!("-A -t {svc} -s rr\n-a -t {svc} -r {RS1}:80 -m\n-a -t {svc} -r {RS2}:80 -m\n-a -t {svc} -r {RS3}:80 -m\n"),
+    )
+    .unwrap();
+    let d = lab
+        .daemon(nfvs_bin())
+        .args(["run", "--rules", &rules.to_string_lossy(), "--masquerade", RS_NET])
+        .start()
+        .unwrap();
+    // List order .132, .131, .130: .132 is the first choice, and drops SYNs for now.
+    let rs3 = Role::Rs3;
+    lab.exec_ok(rs3, &["nft", "add", "table", "ip", "t"]);
+    lab.exec_ok(rs3, &["nft", "add", "chain", "ip", "t", "in", "{ type filter hook input priority 0; }"]);
+    lab.exec_ok(rs3, &["nft", "add", "rule", "ip", "t", "in", "tcp", "dport", "80", "tcp", "flags", "syn", "drop"]);
+    let curl = lab
+        .command(Role::Client, "curl")
+        .args(["-sS", "--connect-timeout", "15", &format!("http://{VIP}/")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The client retransmits 1 s after the first SYN, then 2 s later: let one retransmission
+    // through the director, then let SYNs reach the server.
+    std::thread::sleep(Duration::from_millis(2000));
+    lab.exec_ok(rs3, &["nft", "delete", "table", "ip", "t"]);
+    let out = curl.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&rules);
+    assert_eq!(rs_of(&String::from_utf8_lossy(&out.stdout)), RS3.to_string());
+    assert_eq!(d.log_lines("conn client=").len(), 1, "one decision for all the SYNs:\n{}", d.log());
+    // The rotation continues right after .132.
+    assert_eq!(rs_of(&lab.client_curl_vip().unwrap()), RS2.to_string(), "{}", d.log());
+}
