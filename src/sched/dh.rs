@@ -50,11 +50,7 @@ impl Scheduler for DestinationHashing {
 
     fn schedule(&mut self, dests: &[Dest], req: &Request) -> Option<usize> {
         let &(i, id) = self.buckets.get(hash_32(u32::from(req.daddr), TAB_BITS) as usize)?;
-        let i = if dests.get(i).is_some_and(|d| d.id == id) {
-            i
-        } else {
-            dests.iter().position(|d| d.id == id)?
-        };
+        let i = locate(dests, Some(i), id)?;
         usable(&dests[i]).then_some(i)
     }
 }

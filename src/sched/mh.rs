@@ -127,12 +127,7 @@ impl MaglevHashing {
     /// The server of slot `s`, as an index into `dests`.
     fn slot(&self, dests: &[Dest], s: u32) -> Option<usize> {
         let &(i, id) = self.lookup.get(s as usize)?;
-        let i = i as usize;
-        if dests.get(i).is_some_and(|d| d.id == id) {
-            Some(i)
-        } else {
-            dests.iter().position(|d| d.id == id)
-        }
+        locate(dests, Some(i as usize), id)
     }
 }
 

@@ -221,10 +221,16 @@ impl DestIndex {
 
     /// The index of `id` in `dests`, or `None` if it is no longer in the service.
     pub(crate) fn find(&self, dests: &[Dest], id: crate::service::DestId) -> Option<usize> {
-        match self.0.get(&id) {
-            Some(&i) if dests.get(i).is_some_and(|d| d.id == id) => Some(i),
-            _ => dests.iter().position(|d| d.id == id),
-        }
+        locate(dests, self.0.get(&id).copied(), id)
+    }
+}
+
+/// Where destination `id` stands in `dests` now: at `hint` (the index remembered with it) when
+/// the list did not shift, else wherever it moved; `None` once it left the service.
+pub(crate) fn locate(dests: &[Dest], hint: Option<usize>, id: crate::service::DestId) -> Option<usize> {
+    match hint {
+        Some(i) if dests.get(i).is_some_and(|d| d.id == id) => Some(i),
+        _ => dests.iter().position(|d| d.id == id),
     }
 }
 

@@ -32,10 +32,7 @@ impl RoundRobin {
     /// The cursor as an index into `dests`, or `None` for the head.
     fn cursor_index(&self, dests: &[Dest]) -> Option<usize> {
         let (i, id) = self.cursor?;
-        if dests.get(i).is_some_and(|d| d.id == id) {
-            return Some(i);
-        }
-        dests.iter().position(|d| d.id == id)
+        locate(dests, Some(i), id)
     }
 }
 

@@ -55,11 +55,7 @@ impl SourceHashing {
     /// The server of bucket `b`, as an index into `dests`.
     fn bucket(&self, dests: &[Dest], b: u32) -> Option<usize> {
         let &(i, id) = self.buckets.get(b as usize)?;
-        if dests.get(i).is_some_and(|d| d.id == id) {
-            Some(i)
-        } else {
-            dests.iter().position(|d| d.id == id)
-        }
+        locate(dests, Some(i), id)
     }
 }
 
