@@ -369,14 +369,7 @@ fn edits_during_traffic() {
     let lab = Lab::up_with(LabConfig { rs3: true });
     let rules = tmp_dir().join(format!("{}-live.rules", lab.prefix()));
     fs::write(&rules, SEED_SAVE).unwrap();
-    let mut d = lab
-        .daemon(nfvs_bin())
-        .arg("run")
-        .arg("--rules")
-        .arg(rules.to_string_lossy())
-        .args(["--masquerade", RS_NET])
-        .start()
-        .unwrap();
+    let mut d = lab.nfvs_with_rules(&rules).start().unwrap();
     let adm = Ipvsadm::new(&lab.director());
     let out = tmp_dir().join(format!("{}-live.bin", lab.prefix()));
     let stop = tmp_dir().join(format!("{}-live.stop", lab.prefix()));
@@ -491,14 +484,7 @@ fn sighup_reload_is_all_or_nothing() {
     let lab = Lab::up();
     let rules = tmp_dir().join(format!("{}-hup.rules", lab.prefix()));
     fs::write(&rules, SEED_SAVE).unwrap();
-    let mut d = lab
-        .daemon(nfvs_bin())
-        .arg("run")
-        .arg("--rules")
-        .arg(rules.to_string_lossy())
-        .args(["--masquerade", RS_NET])
-        .start()
-        .unwrap();
+    let mut d = lab.nfvs_with_rules(&rules).start().unwrap();
     let adm = Ipvsadm::new(&lab.director());
     adm.ok(&["-e", "-t", SVC, "-r", "192.168.226.130:80", "-m", "-w", "4"]);
     let live = adm.save();

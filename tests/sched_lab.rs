@@ -59,11 +59,7 @@ fn service(opts: &str, servers: &[(Ipv4Addr, u32)]) -> String {
 
 /// `nfvs run --rules FILE --masquerade 192.168.226.0/24` in the director.
 fn start_nfvs(lab: &Lab, rules: &RulesFile) -> Daemon {
-    lab.daemon(nfvs_bin())
-        .arg("run")
-        .arg("--rules")
-        .arg(rules.0.to_string_lossy())
-        .args(["--masquerade", RS_NET])
+    lab.nfvs_with_rules(&rules.0)
         .start()
         .unwrap_or_else(|e| panic!("nfvs did not start: {e:#}"))
 }

@@ -310,11 +310,7 @@ fn retransmitted_syn_is_not_scheduled_again() {
         format!("-A -t {svc} -s rr\n-a -t {svc} -r {RS1}:80 -m\n-a -t {svc} -r {RS2}:80 -m\n-a -t {svc} -r {RS3}:80 -m\n"),
     )
     .unwrap();
-    let d = lab
-        .daemon(nfvs_bin())
-        .args(["run", "--rules", &rules.to_string_lossy(), "--masquerade", RS_NET])
-        .start()
-        .unwrap();
+    let d = lab.nfvs_with_rules(&rules).start().unwrap();
     // List order .132, .131, .130: .132 is the first choice, and drops SYNs for now.
     let rs3 = Role::Rs3;
     lab.exec_ok(rs3, &["nft", "add", "table", "ip", "t"]);

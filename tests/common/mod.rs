@@ -451,10 +451,15 @@ impl Lab {
     /// in the director's namespace, RUST_LOG=info, ready at [`NFVS_READY`]. Add arguments
     /// (`.args(["--queue", "3"])`) and call `.start()`.
     pub fn nfvs(&self) -> DaemonCmd {
+        self.nfvs_with_rules(&lab_rules())
+    }
+
+    /// [`Lab::nfvs`] with another rules file.
+    pub fn nfvs_with_rules(&self, rules: &Path) -> DaemonCmd {
         self.daemon(nfvs_bin())
             .arg("run")
             .arg("--rules")
-            .arg(lab_rules().to_string_lossy())
+            .arg(rules.to_string_lossy())
             .args(["--masquerade", RS_NET])
     }
 }
