@@ -257,6 +257,22 @@ pub enum Command {
     Version,
 }
 
+impl Command {
+    /// Whether the command edits the table (-A -E -D -C -a -e -d).
+    pub fn is_edit(&self) -> bool {
+        matches!(
+            self,
+            Command::AddService(_)
+                | Command::EditService(_)
+                | Command::DelService(_)
+                | Command::Clear
+                | Command::AddDest(..)
+                | Command::EditDest(..)
+                | Command::DelDest(..)
+        )
+    }
+}
+
 /// Words parsed, values not yet checked against each other.
 #[derive(Debug, Clone, Default)]
 pub struct RawArgs {
@@ -962,15 +978,8 @@ pub fn parse_rules_with(text: &str, path: &str, defaults: SchedOptions) -> Resul
             continue;
         }
         let cmd = parse_line(trimmed).map_err(|e| err(e.to_string()))?;
-        match cmd {
-            Command::AddService(_)
-            | Command::EditService(_)
-            | Command::DelService(_)
-            | Command::Clear
-            | Command::AddDest(..)
-            | Command::EditDest(..)
-            | Command::DelDest(..) => {}
-            _ => return Err(err(format!("'{trimmed}' does not edit the table; a rules file holds only -A -E -D -C -a -e -d lines"))),
+        if !cmd.is_edit() {
+            return Err(err(format!("'{trimmed}' does not edit the table; a rules file holds only -A -E -D -C -a -e -d lines")));
         }
         apply(&mut table, &cmd).map_err(|e| {
             let mut m = edit_message(&cmd, &e);

@@ -978,13 +978,7 @@ const KERNEL_ERR: i32 = 255;
 fn handle_adm(sh: &Shared, req: Request) -> Reply {
     let cmd = match config::parse_args(&req.args).and_then(|r| r.validate()) {
         Ok(c) => c,
-        Err(e) => {
-            let mut msg = e.message.clone();
-            if let Some(h) = &e.hint {
-                msg.push_str(&format!("\n  nfvs: {h}"));
-            }
-            return Reply::err(e.exit_code, msg);
-        }
+        Err(e) => return usage_reply(&e),
     };
     run_adm(sh, &cmd, &req.stdin)
 }
@@ -1029,20 +1023,31 @@ fn run_adm(sh: &Shared, cmd: &Command, stdin: &str) -> Reply {
             Reply::ok("")
         }
         Command::Restore => {
-            for line in stdin.lines() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let c = match config::parse_line(line) {
-                    Ok(c) => c,
-                    Err(e) => return Reply::err(e.exit_code, e.to_string()),
+            // As ipvsadm -R: line by line, stopping at the first failure with the lines before
+            // it applied. The edits share one lock and one table install at the end.
+            let mut st = sh.lock();
+            let mut reply = Reply::ok("");
+            for line in stdin.lines().filter(|l| !l.trim().is_empty()) {
+                let edit = match config::parse_line(line) {
+                    Ok(c) if c.is_edit() => c,
+                    Ok(_) => {
+                        reply = Reply::err(2, format!("{line}: -R takes table edits only (-A -E -D -C -a -e -d)"));
+                        break;
+                    }
+                    Err(e) => {
+                        reply = usage_reply(&e);
+                        break;
+                    }
                 };
-                let r = run_adm(sh, &c, "");
-                if r.code != 0 {
-                    return r;
+                if let Err(r) = edit_table(sh, &mut st, &edit) {
+                    reply = r;
+                    break;
                 }
             }
-            Reply::ok("")
+            if let Err(e) = sh.sync_rules(&mut st) {
+                return Reply::err(KERNEL_ERR, format!("table updated but the nft rules were not: {e:#}"));
+            }
+            reply
         }
         Command::SetTimeouts { .. } => Reply::err(
             KERNEL_ERR,
@@ -1054,20 +1059,38 @@ fn run_adm(sh: &Shared, cmd: &Command, stdin: &str) -> Reply {
         }
         edit => {
             let mut st = sh.lock();
-            if let Err(e) = apply_edit(sh, &mut st, edit) {
-                let mut msg = config::edit_message(edit, &e);
-                if let Some(h) = config::edit_hint(&e) {
-                    msg.push_str(&format!("\n  nfvs: {h}"));
-                }
-                return Reply::err(KERNEL_ERR, msg);
+            if let Err(r) = edit_table(sh, &mut st, edit) {
+                return r;
             }
             if let Err(e) = sh.sync_rules(&mut st) {
                 return Reply::err(KERNEL_ERR, format!("table updated but the nft rules were not: {e:#}"));
             }
-            info!("adm: {}", describe(edit));
             Reply::ok("")
         }
     }
+}
+
+/// One table edit from `nfvs adm`, logged; ipvsadm's message and status when refused. The
+/// caller installs the rules afterwards ([`Shared::sync_rules`]).
+fn edit_table(sh: &Shared, st: &mut State, edit: &Command) -> Result<(), Reply> {
+    if let Err(e) = apply_edit(sh, st, edit) {
+        let mut msg = config::edit_message(edit, &e);
+        if let Some(h) = config::edit_hint(&e) {
+            msg.push_str(&format!("\n  nfvs: {h}"));
+        }
+        return Err(Reply::err(KERNEL_ERR, msg));
+    }
+    info!("adm: {}", describe(edit));
+    Ok(())
+}
+
+/// A usage error as ipvsadm prints it, with nfvs's hint on a line of its own.
+fn usage_reply(e: &config::UsageError) -> Reply {
+    let mut msg = e.message.clone();
+    if let Some(h) = &e.hint {
+        msg.push_str(&format!("\n  nfvs: {h}"));
+    }
+    Reply::err(e.exit_code, msg)
 }
 
 fn describe(cmd: &Command) -> String {
