@@ -173,11 +173,12 @@ impl Server {
     pub fn serve(&self, mut handle: impl FnMut(Request) -> Reply) {
         for conn in self.listener.incoming() {
             let Ok(mut s) = conn else { continue };
-            let reply = match peer_uid(&s) {
-                Some(0) => match read_request(&mut s) {
-                    Ok(req) => handle(req),
-                    Err(e) => Reply::err(255, e),
-                },
+            // The request is read in either case: closing a Unix socket with unread data makes
+            // the peer's read fail with ECONNRESET, and the refusal would never reach it.
+            let request = read_request(&mut s);
+            let reply = match (peer_uid(&s), request) {
+                (Some(0), Ok(req)) => handle(req),
+                (Some(0), Err(e)) => Reply::err(255, e),
                 _ => Reply::err(255, "Permission denied (you must be root)"),
             };
             let _ = s.write_all(&encode_reply(&reply));
