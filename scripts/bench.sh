@@ -20,16 +20,32 @@
 #     the NFQUEUE drop counters and the daemon's warnings.
 # Then nfvs's RSS with FILL_CONNS connections tracked (TIME_WAIT entries, made by connprobe
 # from four extra client addresses and explicit ports, so every connection is a new tuple).
+# Then the churn: a fresh nfvs under CHURN_SECS of new short connections (connprobe churn, the
+# fill's tuples, CHURN_RATE a second, at most CHURN_CONC in flight), so TIME_WAIT entries keep
+# coming and expiring (120 s: the default 10 minutes see five generations) around a steady
+# population of about CHURN_RATE * 120 (conntrack's garbage collector reaps expired entries in
+# waves, so it swings up to ~25% above that, the first wave coming between 120 and 180 s); every
+# CHURN_SAMPLE seconds the daemon's VmRSS, the connections made so far, the daemon's count and
+# conntrack's go to target/bench/churn.tsv. Recorded: RSS at the start of the steady state (the
+# first sample after CHURN_WARMUP), at the end, the maximum, VmHWM (peaks between samples), and
+# the least-squares slope over the steady-state samples (MB/minute).
 #
 # Output: a markdown report (medians of the rounds, ratios to kernel-only, the machine) on
 # stdout and in target/bench/results.md; raw values, logs and per-run outputs in target/bench/.
 # Exits non-zero if a contender (or a measurement of one) could not run.
 #
-# Environment (defaults in brackets; the defaults take about 7 minutes on a 2-core VM):
+# Environment (defaults in brackets; the defaults take about 18 minutes on a 2-core VM, 11 of
+# them the churn):
 #   ROUNDS [3]  DURATION [5] seconds per wrk run  CONCS ["1 8 64"]  KA_CONC [64]
 #   LAT_N [2000] connects per latency probe  IPERF_SECS [5]  FILL_CONNS [100000]  FILL_CONC [128]
 #   CONTENDERS ["kernel haproxy nfvs nfvs-info"] (nfvs-info: the default per-connection info log)
 #   SCHED_MS [100] ms per sched_bench cell (0 skips it)  BENCH_PREFIX [bench] lab prefix
+#   CHURN_SECS [600] (0 skips the churn)  CHURN_RATE [850] new connections/s (0: as fast as
+#   CHURN_CONC allows; keep CHURN_RATE * 150 well under the director's nf_conntrack_max, and
+#   CHURN_RATE under 2,150, above which tuples return within their TIME_WAIT)  CHURN_CONC [32]
+#   CHURN_WARMUP [180] s before the steady state  CHURN_SAMPLE [10] s between samples
+#   ONLY ["sched rounds rss churn"]: the phases to run, e.g. ONLY=churn for the churn alone
+#   (the report then holds only what ran).
 #   NFVS_BIN: run this nfvs binary instead of building one.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -44,6 +60,12 @@ FILL_CONNS=${FILL_CONNS:-100000}
 FILL_CONC=${FILL_CONC:-128}
 CONTENDERS=${CONTENDERS:-"kernel haproxy nfvs nfvs-info"}
 SCHED_MS=${SCHED_MS:-100}
+CHURN_SECS=${CHURN_SECS:-600}
+CHURN_RATE=${CHURN_RATE:-850}
+CHURN_CONC=${CHURN_CONC:-32}
+CHURN_WARMUP=${CHURN_WARMUP:-180}
+CHURN_SAMPLE=${CHURN_SAMPLE:-10}
+ONLY=${ONLY:-"sched rounds rss churn"}
 PREFIX=${BENCH_PREFIX:-bench}
 
 readonly OUT=target/bench
@@ -63,10 +85,16 @@ die() { echo "bench.sh: $*" >&2; exit 1; }
 say() { echo "bench.sh: $*" >&2; }
 step() { printf '\n== %s\n' "$*" >&2; }
 
-for v in ROUNDS DURATION KA_CONC LAT_N IPERF_SECS FILL_CONNS FILL_CONC SCHED_MS; do
+for v in ROUNDS DURATION KA_CONC LAT_N IPERF_SECS FILL_CONNS FILL_CONC SCHED_MS \
+    CHURN_SECS CHURN_RATE CHURN_CONC CHURN_WARMUP CHURN_SAMPLE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((ROUNDS >= 1 && DURATION >= 1)) || die "ROUNDS and DURATION must be at least 1"
+((CHURN_CONC >= 1 && CHURN_SAMPLE >= 1)) || die "CHURN_CONC and CHURN_SAMPLE must be at least 1"
+for p in $ONLY; do
+    case $p in sched | rounds | rss | churn) ;; *) die "ONLY: unknown phase '$p' (sched rounds rss churn)" ;; esac
+done
+phase() { [[ " $ONLY " == *" $1 "* ]]; }
 for c in $CONCS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONCS: '$c' is not a concurrency"; done
 for c in $CONTENDERS; do
     case $c in kernel | haproxy | nfvs | nfvs-info) ;; *) die "unknown contender '$c' (kernel haproxy nfvs nfvs-info)" ;; esac
@@ -112,6 +140,7 @@ rsts_of() { # director RSTs, real servers' RSTs
     echo "$(out_rsts "$DIR_NS") $rs"
 }
 vm_kb() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status" 2>/dev/null; }
+now_us() { echo "${EPOCHREALTIME/[.,]/}"; } # microseconds since the epoch
 
 # ---------------------------------------------------------------------------------------------
 # Clean-up: everything we started, then the lab.
@@ -187,7 +216,7 @@ NFVS_LOG=
 start_nfvs() {
     local level=$1
     NFVS_LOG=$LOGS/$CUR-r$ROUND.log
-    [[ $ROUND == rss ]] && NFVS_LOG=$LOGS/nfvs-rss.log
+    [[ $ROUND == rss || $ROUND == churn ]] && NFVS_LOG=$LOGS/nfvs-$ROUND.log
     mkdir -p "$RUN/state"
     # `ip netns exec` and `env` exec in place: $! is nfvs itself.
     ip netns exec "$DIR_NS" env RUST_LOG="$level" "$NFVS" run --rules scripts/bench/bench.rules --masquerade "$RS_NET" \
@@ -457,6 +486,133 @@ measure_rss() {
     for src in "${FILL_SRCS[@]}"; do in_client ip addr del "$src/24" dev eth0 2>/dev/null || true; done
 }
 
+# nfvs's RSS over CHURN_SECS of connection churn (a fresh daemon, an empty conntrack table).
+measure_churn() {
+    local c=nfvs-churn
+    CUR=nfvs
+    ROUND=churn
+    flush_ct
+    if ! start_contender nfvs || ! wait_balanced; then
+        fail "nfvs (churn test) could not start"
+        stop_contender nfvs
+        return
+    fi
+    local pid=$CUR_PID src srcs
+    for src in "${FILL_SRCS[@]}"; do in_client ip addr add "$src/24" dev eth0 2>/dev/null || true; done
+    srcs=$(IFS=,; echo "${FILL_SRCS[*]}")
+    local dr0 rr0 dr1 rr1
+    read -r dr0 rr0 < <(rsts_of)
+    sleep 1
+    local tsv=$OUT/churn.tsv out=$LOGS/churn-probe.txt
+    printf 'secs\tconns_made\terrors\tactive\tinactive\tct_total\trss_kb\n' >"$tsv"
+    say "churn: $CHURN_SECS s of new connections, $CHURN_RATE/s (at most $CHURN_CONC in flight) from $srcs; a sample every $CHURN_SAMPLE s into $tsv"
+    # `ip netns exec` execs: $! is connprobe itself. It stops starting connections after
+    # CHURN_SECS and exits within 10 s more.
+    ip netns exec "$CLIENT_NS" "$PROBE" churn "$VIP" 80 "$CHURN_SECS" "$CHURN_CONC" "$srcs" "$CHURN_RATE" \
+        >"$out" 2>"$LOGS/churn-probe.err" &
+    local probe=$!
+    PIDS+=("$probe")
+    local t0 k=0 at wait_us el made errs act inact ct rss
+    t0=$(now_us)
+    while :; do
+        at=$((k * CHURN_SAMPLE))
+        ((at > CHURN_SECS)) && at=$CHURN_SECS
+        wait_us=$((t0 + at * 1000000 - $(now_us)))
+        ((wait_us > 0)) && sleep "$(printf '%d.%06d' $((wait_us / 1000000)) $((wait_us % 1000000)))"
+        el=$(awk -v d=$(($(now_us) - t0)) 'BEGIN{printf "%.1f", d / 1e6}')
+        if ! kill -0 "$pid" 2>/dev/null; then
+            fail "churn: nfvs exited after $el s (log $NFVS_LOG)"
+            break
+        fi
+        # connprobe's latest progress line: t=S done=D errors=E inflight=I
+        read -r made errs < <(awk '/^t=/ {l = $0} END {split(l, f, /[ =]/); print f[4] + 0, f[6] + 0}' "$out")
+        read -r act inact < <(in_dir "$NFVS" adm --control "$RUN/control.sock" -L -n 2>/dev/null |
+            awk '$1 == "->" && $5 ~ /^[0-9]+$/ {a += $5; i += $6} END {print a + 0, i + 0}')
+        ct=$(in_dir conntrack -C 2>/dev/null || echo 0)
+        rss=$(vm_kb "$pid" VmRSS)
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$el" "$made" "$errs" "$act" "$inact" "$ct" "$rss" >>"$tsv"
+        ((k % 6 == 0 || at >= CHURN_SECS)) &&
+            say "churn: ${el}s: $made connections made ($errs failed), nfvs counts $act active + $inact inactive, conntrack $ct, VmRSS $rss kB"
+        ((at >= CHURN_SECS)) && break
+        if ! kill -0 "$probe" 2>/dev/null; then
+            fail "churn: connprobe stopped after $el s: $(tail -n 1 "$LOGS/churn-probe.err" 2>/dev/null)"
+            break
+        fi
+        k=$((k + 1))
+    done
+    local i
+    for ((i = 0; i < 150; i++)); do kill -0 "$probe" 2>/dev/null || break; sleep 0.1; done
+    stop_pid "$probe" || true # 1 when some connections failed: counted below
+    local kv
+    kv=$(tail -n 1 "$out")
+    say "churn: connprobe: $kv"
+    if [[ $kv =~ ^done=([0-9]+)\ errors=([0-9]+)\ secs=[0-9.]+\ rate=([0-9]+)\ unfinished=([0-9]+) ]]; then
+        record - "$c" conns_made "${BASH_REMATCH[1]}"
+        record - "$c" conn_errors "${BASH_REMATCH[2]}"
+        record - "$c" conn_rate "${BASH_REMATCH[3]}"
+        ((BASH_REMATCH[2] + BASH_REMATCH[4] == 0)) ||
+            note "churn: ${BASH_REMATCH[2]} connections failed and ${BASH_REMATCH[4]} were unfinished, e.g. $(head -n 1 "$LOGS/churn-probe.err")"
+        ((CHURN_RATE == 0 || BASH_REMATCH[3] * 100 >= CHURN_RATE * 95)) ||
+            note "churn: connections came at ${BASH_REMATCH[3]}/s, short of CHURN_RATE=$CHURN_RATE"
+    else
+        fail "churn: connprobe gave no result: $kv"
+    fi
+    read -r dr1 rr1 < <(rsts_of)
+    record - "$c" dir_rsts $((dr1 - dr0))
+    record - "$c" rs_rsts $((rr1 - rr0))
+    local qd ud warns
+    # shellcheck disable=SC2016 # awk's fields, not shell's
+    read -r qd ud < <(in_dir awk '{d += $6; u += $7} END {print d + 0, u + 0}' /proc/net/netfilter/nfnetlink_queue)
+    record - "$c" q_dropped "$qd"
+    record - "$c" q_user_dropped "$ud"
+    warns=$(grep -c -E '\b(WARN|ERROR)\b' "$NFVS_LOG" || true)
+    record - "$c" log_warnings "$warns"
+    ((warns == 0)) || note "churn: $warns warning/error lines in $NFVS_LOG, e.g. $(grep -m1 -E '\b(WARN|ERROR)\b' "$NFVS_LOG" | cut -c1-200)"
+    ((dr1 - dr0 + rr1 - rr0 + qd + ud == 0)) ||
+        note "churn: director RSTs $((dr1 - dr0)), real servers' RSTs $((rr1 - rr0)), NFQUEUE drops $qd + $ud"
+    record - "$c" hwm_mb "$(awk -v k="$(vm_kb "$pid" VmHWM)" 'BEGIN{printf "%.1f", k / 1024}')"
+    stop_contender nfvs
+    for src in "${FILL_SRCS[@]}"; do in_client ip addr del "$src/24" dev eth0 2>/dev/null || true; done
+
+    # The samples -> "metric value" lines: RSS at the first sample, at the first sample of the
+    # steady state (secs >= CHURN_WARMUP) and at the last; the maximum over all; the slope
+    # (least squares, MB per minute) and the tracked-connection counts over the steady state.
+    local metric value
+    while read -r metric value; do
+        record - "$c" "$metric" "$value"
+    done < <(awk -F'\t' -v w="$CHURN_WARMUP" '
+        NR == 1 { next }
+        {
+            t = $1; mb = $7 / 1024; n++
+            if (n == 1) first = mb
+            if (mb > max) max = mb
+            if (t + 0 < w) next
+            s++
+            if (s == 1) { start = mb; start_t = t }
+            end = mb; end_t = t
+            sx += t; sy += mb; sxx += t * t; sxy += t * mb
+            d = $4 + $5; sd += d; sct += $6
+            if (s == 1 || d < dmin) dmin = d
+            if (d > dmax) dmax = d
+        }
+        END {
+            printf "samples %d\nsteady_samples %d\n", n, s
+            if (n) printf "rss_first_mb %.2f\nrss_max_mb %.2f\n", first, max
+            if (!s) exit
+            printf "rss_start_mb %.2f\nrss_start_s %s\nrss_end_mb %.2f\nrss_end_s %s\n", start, start_t, end, end_t
+            printf "conns_mean %.0f\nconns_min %d\nconns_max %d\nct_mean %.0f\n", sd / s, dmin, dmax, sct / s
+            den = s * sxx - sx * sx
+            if (s >= 2 && den > 0) printf "rss_slope_mb_min %.4f\n", (s * sxy - sx * sy) / den * 60
+        }' "$tsv")
+    record - "$c" churn_secs "$CHURN_SECS"
+    record - "$c" churn_rate_target "$CHURN_RATE"
+    record - "$c" churn_conc "$CHURN_CONC"
+    record - "$c" warmup_s "$CHURN_WARMUP"
+    record - "$c" sample_s "$CHURN_SAMPLE"
+    ((CHURN_SECS > CHURN_WARMUP)) ||
+        note "churn: CHURN_SECS=$CHURN_SECS is not past the CHURN_WARMUP=$CHURN_WARMUP s warm-up: no steady-state figures"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Main
 
@@ -474,10 +630,11 @@ meta memory "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo
 meta load_before "$(cut -d' ' -f1-3 /proc/loadavg) (1/5/15-min load average: other work on the machine shares its CPUs)"
 meta tools "$(wrk -v 2>&1 | head -n1 | awk '{print "wrk", $2}'), $(haproxy -v | head -n1 | awk '{print "haproxy", $3}'), $(iperf3 --version | head -n1 | awk '{print "iperf3", $2}'), $(nginx -v 2>&1 | sed 's/.*version: //'), $(nft --version)"
 meta contenders "$CONTENDERS"
+meta phases "$ONLY"
 if awk -v n="$(nproc)" '{exit !($1 > n / 2)}' /proc/loadavg; then
     note "the machine was busy when the run started (1-min load $(cut -d' ' -f1 /proc/loadavg) on $(nproc) CPUs): expect noisy numbers; compare the rounds"
 fi
-meta settings "ROUNDS=$ROUNDS DURATION=${DURATION}s CONCS=\"$CONCS\" KA_CONC=$KA_CONC LAT_N=$LAT_N IPERF_SECS=$IPERF_SECS FILL_CONNS=$FILL_CONNS FILL_CONC=$FILL_CONC; wrk threads = min(2, concurrency); client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65535; director: ip_local_port_range 1024-65535; conntrack flushed in the director before every measurement"
+meta settings "ROUNDS=$ROUNDS DURATION=${DURATION}s CONCS=\"$CONCS\" KA_CONC=$KA_CONC LAT_N=$LAT_N IPERF_SECS=$IPERF_SECS FILL_CONNS=$FILL_CONNS FILL_CONC=$FILL_CONC; wrk threads = min(2, concurrency); client: net.ipv4.tcp_tw_reuse=1, ip_local_port_range 1024-65535; director: ip_local_port_range 1024-65535; conntrack flushed in the director before every measurement; churn: CHURN_SECS=$CHURN_SECS CHURN_RATE=$CHURN_RATE CHURN_CONC=$CHURN_CONC CHURN_WARMUP=${CHURN_WARMUP}s CHURN_SAMPLE=${CHURN_SAMPLE}s"
 
 if [[ -n ${NFVS_BIN:-} ]]; then
     NFVS=$(realpath "$NFVS_BIN")
@@ -488,7 +645,7 @@ else
 fi
 [[ -x $NFVS ]] || die "$NFVS was not built"
 
-if ((SCHED_MS > 0)); then
+if phase sched && ((SCHED_MS > 0)); then
     step "scheduler micro-benchmark (cargo build --release --example sched_bench; $SCHED_MS ms per cell)"
     cargo build --release --example sched_bench >&2
     target/release/examples/sched_bench "$SCHED_MS" >"$OUT/sched_bench.txt" ||
@@ -510,14 +667,17 @@ scripts/lab.sh up "$PREFIX" >&2
 # timestamp check, tcp_twsk_unique); the wide range gives wrk and HAProxy more tuples.
 in_client sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65535"
 in_dir sysctl -qw net.ipv4.ip_local_port_range="1024 65535"
-for i in "${!RS_IPS[@]}"; do
-    ns=$PREFIX-rs$((i + 1))
-    ip netns exec "$ns" iperf3 -s -B "${RS_IPS[i]}" -p 5201 >"$LOGS/iperf3-server-rs$((i + 1)).log" 2>&1 &
-    PIDS+=("$!")
-done
+if phase rounds; then
+    for i in "${!RS_IPS[@]}"; do
+        ns=$PREFIX-rs$((i + 1))
+        ip netns exec "$ns" iperf3 -s -B "${RS_IPS[i]}" -p 5201 >"$LOGS/iperf3-server-rs$((i + 1)).log" 2>&1 &
+        PIDS+=("$!")
+    done
+fi
 
 read -ra CONT <<<"$CONTENDERS"
 ncont=${#CONT[@]}
+phase rounds || ROUNDS=0
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for ((k = 0; k < ncont; k++)); do
         c=${CONT[(k + ROUND - 1) % ncont]}
@@ -533,9 +693,14 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     done
 done
 
-if [[ " $CONTENDERS " == *" nfvs "* ]] && ((FILL_CONNS > 0)); then
+if phase rss && [[ " $CONTENDERS " == *" nfvs "* ]] && ((FILL_CONNS > 0)); then
     step "nfvs RSS with $FILL_CONNS tracked connections"
     measure_rss
+fi
+
+if phase churn && [[ " $CONTENDERS " == *" nfvs "* ]] && ((CHURN_SECS > 0)); then
+    step "nfvs RSS over $CHURN_SECS s of churn ($((SECONDS - START)) s so far)"
+    measure_churn
 fi
 
 meta load_after "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -20,7 +20,17 @@
  *       1024 up), so up to 64512 distinct tuples per address: the director's conntrack table
  *       then holds one entry per connection, in TIME_WAIT for 120 s after the server closes.
  *       Reads each answer to EOF (the server closes first, so the client holds no TIME_WAIT).
- *       Prints: done=D errors=E secs=S rate=R
+ *       Prints: done=D errors=E secs=S rate=R unfinished=U
+ *
+ *   connprobe churn ADDR PORT SECS CONC SRC[,SRC...] [RATE]
+ *       The fill's connections, but for SECS seconds instead of a count, and at most RATE new
+ *       ones a second (0 or absent: as fast as CONC allows). The tuples go round the same
+ *       sequence (after 64512 per address they come again), so at a RATE below
+ *       64512 * addresses / 120 no tuple returns while the director still holds its TIME_WAIT
+ *       entry: the conntrack table then settles at about RATE * 120 entries, a constant
+ *       population that keeps being replaced. Then waits up to 10 s for the connections in
+ *       flight. Prints a progress line every second (flushed, for a sampler reading the
+ *       output while it runs): t=S done=D errors=E inflight=I, and at the end the fill's line.
  *
  * Exit status: 0 when every connection succeeded, 1 when some failed, 2 on bad usage or a
  * local error. Built by scripts/bench.sh with `gcc -O2`; Linux only (epoll).
@@ -29,6 +39,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -232,8 +243,11 @@ static int start_conn(int ep, struct slot *s, long slot_idx, struct sockaddr_in 
     return 0;
 }
 
-static int run_fill(struct sockaddr_in *dst, long total, long conc, struct in_addr *srcs, size_t nsrc,
-                    double timeout)
+/* The fill and the churn: connections start while started < total and the clock is below
+ * start_until (seconds from the start), at most rate a second (0: no limit); the run ends when
+ * none is in flight after that, or at timeout. progress: a line on stdout every second. */
+static int run_load(struct sockaddr_in *dst, long total, double start_until, long conc, struct in_addr *srcs,
+                    size_t nsrc, double timeout, double rate, int progress)
 {
     struct slot *slots = calloc((size_t)conc, sizeof *slots);
     int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -242,30 +256,53 @@ static int run_fill(struct sockaddr_in *dst, long total, long conc, struct in_ad
         return 2;
     }
     long started = 0, done = 0, errors = 0, inflight = 0;
-    double t0 = now_s();
+    double t0 = now_s(), next_report = 1.0;
     char buf[4096];
 
     for (long i = 0; i < conc; i++)
         slots[i].st = IDLE;
     for (;;) {
-        /* Keep every idle slot busy while there is work left. */
-        for (long i = 0; i < conc && started < total; i++) {
+        double el = now_s() - t0;
+        int starting = started < total && el < start_until;
+        /* Keep every idle slot busy while there is work left (and the rate allows it). */
+        long allowed = rate > 0 ? (long)(rate * el) + 1 : total;
+        for (long i = 0; i < conc && starting && started < total && started < allowed; i++) {
             if (slots[i].st != IDLE)
                 continue;
-            if (start_conn(ep, &slots[i], i, dst, srcs, nsrc, started) < 0)
-                errors++;
-            else
+            if (start_conn(ep, &slots[i], i, dst, srcs, nsrc, started) < 0) {
+                if (++errors <= 10)
+                    fprintf(stderr, "connprobe: connection #%ld could not start: %s\n", started, strerror(errno));
+            } else {
                 inflight++;
+            }
             started++;
         }
-        if (inflight == 0 && started >= total)
+        if (progress && el >= next_report) {
+            printf("t=%.1f done=%ld errors=%ld inflight=%ld\n", el, done, errors, inflight);
+            fflush(stdout);
+            while (next_report <= el)
+                next_report += 1.0;
+        }
+        if (inflight == 0 && !starting)
             break;
-        if (now_s() - t0 > timeout) {
-            fprintf(stderr, "connprobe: fill timed out after %.0f s\n", timeout);
+        if (el > timeout) {
+            fprintf(stderr, "connprobe: stopped after %.0f s with %ld connections in flight\n", timeout, inflight);
             break;
         }
+        /* Wake up for the next start the rate allows (epoll_wait counts whole ms), and for the
+         * next progress line. */
+        int wait_ms = 200;
+        if (starting && inflight < conc && rate > 0) {
+            double due = ((double)(started + 1) / rate - el) * 1000.0;
+            wait_ms = due < 1.0 ? 1 : due > 200.0 ? 200 : (int)due + 1;
+        }
+        if (progress) {
+            double rep = (next_report - el) * 1000.0;
+            if (rep < wait_ms)
+                wait_ms = rep < 1.0 ? 1 : (int)rep + 1;
+        }
         struct epoll_event evs[256];
-        int n = epoll_wait(ep, evs, 256, 200);
+        int n = epoll_wait(ep, evs, 256, wait_ms);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -275,12 +312,18 @@ static int run_fill(struct sockaddr_in *dst, long total, long conc, struct in_ad
         for (int k = 0; k < n; k++) {
             struct slot *s = &slots[evs[k].data.u64];
             int finished = 0, failed = 0;
+            const char *what = "";
+            int err = 0;
             if (s->st == CONNECTING) {
-                int err = 0;
                 socklen_t len = sizeof err;
                 getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-                if (err || send(s->fd, REQUEST, sizeof REQUEST - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof REQUEST - 1)) {
+                if (err) {
                     failed = 1;
+                    what = "connect";
+                } else if (send(s->fd, REQUEST, sizeof REQUEST - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof REQUEST - 1)) {
+                    failed = 1;
+                    what = "send";
+                    err = errno;
                 } else {
                     struct epoll_event ev = { .events = EPOLLIN, .data.u64 = evs[k].data.u64 };
                     epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
@@ -291,12 +334,22 @@ static int run_fill(struct sockaddr_in *dst, long total, long conc, struct in_ad
                     ssize_t r = read(s->fd, buf, sizeof buf);
                     if (r > 0)
                         continue;
-                    if (r == 0)
+                    if (r == 0) {
                         finished = 1;
-                    else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                    } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
                         failed = 1;
+                        what = "read";
+                        err = errno;
+                    }
                     break;
                 }
+            }
+            if (failed && errors < 10) {
+                /* The first few failures, with the client's address: enough to find them in a
+                 * capture or a conntrack listing. */
+                char from[64];
+                local_addr(s->fd, from, sizeof from);
+                fprintf(stderr, "connprobe: from %s: %s failed: %s\n", from, what, strerror(err));
             }
             if (finished || failed) {
                 close(s->fd); /* closing removes it from the epoll set */
@@ -310,16 +363,37 @@ static int run_fill(struct sockaddr_in *dst, long total, long conc, struct in_ad
         }
     }
     double secs = now_s() - t0;
-    printf("done=%ld errors=%ld secs=%.2f rate=%.0f\n", done, errors, secs, secs > 0 ? (double)done / secs : 0.0);
+    printf("done=%ld errors=%ld secs=%.2f rate=%.0f unfinished=%ld\n", done, errors, secs,
+           secs > 0 ? (double)done / secs : 0.0, inflight);
+    for (long i = 0; i < conc; i++)
+        if (slots[i].st != IDLE)
+            close(slots[i].fd);
     free(slots);
     close(ep);
-    return errors || done < total ? 1 : 0;
+    return errors || inflight || done < (total == LONG_MAX ? 1 : total) ? 1 : 0;
+}
+
+/* SRC[,SRC...] -> srcs; returns how many, or -1. */
+static int parse_srcs(const char *arg, struct in_addr *srcs, size_t max)
+{
+    size_t nsrc = 0;
+    char *list = strdup(arg);
+    for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
+        if (nsrc == max || parse_addr(tok, &srcs[nsrc]) < 0) {
+            free(list);
+            return -1;
+        }
+        nsrc++;
+    }
+    free(list);
+    return (int)nsrc;
 }
 
 static void usage(void)
 {
     fprintf(stderr, "usage: connprobe lat|req ADDR PORT N [WARMUP]\n"
-                    "       connprobe fill ADDR PORT TOTAL CONC SRC[,SRC...] [TIMEOUT_S]\n");
+                    "       connprobe fill ADDR PORT TOTAL CONC SRC[,SRC...] [TIMEOUT_S]\n"
+                    "       connprobe churn ADDR PORT SECS CONC SRC[,SRC...] [RATE]\n");
     exit(2);
 }
 
@@ -338,24 +412,25 @@ int main(int argc, char **argv)
         long warmup = argc == 6 ? parse_num(argv[5], 0, 1000000, "warmup") : 0;
         return run_lat(&dst, n, warmup, strcmp(argv[1], "req") == 0);
     }
-    if (strcmp(argv[1], "fill") == 0) {
+    if (strcmp(argv[1], "fill") == 0 || strcmp(argv[1], "churn") == 0) {
+        int churn = strcmp(argv[1], "churn") == 0;
         if (argc < 7 || argc > 8)
             usage();
-        long total = parse_num(argv[4], 1, 100000000, "total");
-        long conc = parse_num(argv[5], 1, 100000, "concurrency");
-        double timeout = argc == 8 ? (double)parse_num(argv[7], 1, 86400, "timeout") : 600.0;
         struct in_addr srcs[64];
-        size_t nsrc = 0;
-        char *list = strdup(argv[6]);
-        for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
-            if (nsrc == sizeof srcs / sizeof srcs[0] || parse_addr(tok, &srcs[nsrc]) < 0)
-                return 2;
-            nsrc++;
-        }
-        free(list);
+        int nsrc = parse_srcs(argv[6], srcs, sizeof srcs / sizeof srcs[0]);
+        if (nsrc < 0)
+            return 2;
         if (nsrc == 0)
             usage();
-        return run_fill(&dst, total, conc, srcs, nsrc, timeout);
+        long conc = parse_num(argv[5], 1, 100000, "concurrency");
+        if (churn) {
+            double secs = (double)parse_num(argv[4], 1, 86400, "seconds");
+            double rate = argc == 8 ? (double)parse_num(argv[7], 0, 10000000, "rate") : 0.0;
+            return run_load(&dst, LONG_MAX, secs, conc, srcs, (size_t)nsrc, secs + 10.0, rate, 1);
+        }
+        long total = parse_num(argv[4], 1, 100000000, "total");
+        double timeout = argc == 8 ? (double)parse_num(argv[7], 1, 86400, "timeout") : 600.0;
+        return run_load(&dst, total, 1e300, conc, srcs, (size_t)nsrc, timeout, 0.0, 0);
     }
     usage();
     return 2;

@@ -9,6 +9,7 @@ Reads from OUTDIR:
   meta.tsv        KEY<TAB>VALUE lines describing the machine and the settings
   failures.txt    one line per thing that could not run (may be missing or empty)
   sched_bench.txt the scheduler micro-benchmark's tables (may be missing)
+  churn.tsv       nfvs's samples during the churn (may be missing)
 and prints the report: medians of the rounds, absolute and as ratios to the kernel-only
 ceiling, then the per-round values so the spread can be judged.
 """
@@ -52,6 +53,34 @@ METRICS = [
     ("log_warnings", "daemon warning lines (sum of rounds)", "count", 0),
 ]
 
+# The churn's RSS is called flat when it grew by less than FLAT_MB from the first steady-state
+# sample to the last and the least-squares slope over those samples is under FLAT_SLOPE MB a
+# minute (a leak of FLAT_SLOPE would add FLAT_MB within 10 minutes), judged on at least
+# FLAT_MIN_SAMPLES samples.
+FLAT_MB = 1.0
+FLAT_SLOPE = 0.1
+FLAT_MIN_SAMPLES = 3
+
+
+def churn_verdict(ch):
+    """(flat: bool or None when it cannot be judged, one-line description)."""
+    if "rss_start_mb" not in ch:
+        return None, "no samples after the warm-up"
+    grew = ch["rss_end_mb"] - ch["rss_start_mb"]
+    slope = ch.get("rss_slope_mb_min")
+    n = int(ch.get("steady_samples", 0))
+    span = ch["rss_end_s"] - ch["rss_start_s"]
+    text = (f"{ch['rss_start_mb']:.1f} MB at {ch['rss_start_s']:.0f} s -> {ch['rss_end_mb']:.1f} MB at "
+            f"{ch['rss_end_s']:.0f} s ({grew:+.2f} MB; slope "
+            + (f"{slope:+.3f} MB/min" if slope is not None else "—")
+            + f" over {n} samples, {span:.0f} s; highest sample {ch.get('rss_max_mb', 0):.1f} MB; "
+            f"{ch.get('conns_min', 0):,.0f} to {ch.get('conns_max', 0):,.0f} connections tracked)")
+    if n < FLAT_MIN_SAMPLES or slope is None:
+        return None, text + ": too few samples to judge"
+    flat = grew < FLAT_MB and slope < FLAT_SLOPE
+    return flat, text + (": flat" if flat else ": growing") + \
+        f" (flat: < {FLAT_MB:g} MB growth and slope < {FLAT_SLOPE:g} MB/min)"
+
 
 def read_tsv(path):
     rows = []
@@ -68,6 +97,91 @@ def fmt(v, digits):
     if digits == 0:
         return f"{v:,.0f}"
     return f"{v:,.{digits}f}"
+
+
+def print_rounds(p, conts, values, agg):
+    """The results table (medians, ratios) and how to read it."""
+    p("## Results (medians of the rounds)")
+    p()
+    p("Ratios are to the kernel-only ceiling (higher is better for rates, lower for costs); "
+      "latencies show the microseconds added to the kernel-only path.")
+    p()
+    p("| metric | " + " | ".join(LABELS.get(c, c) for c in conts) + " |")
+    p("|---|" + "---:|" * len(conts))
+    for metric, label, kind, digits in METRICS:
+        if not any(values[c].get(metric) for c in conts):
+            continue
+        base = agg(BASELINE, metric, kind) if BASELINE in conts else None
+        cells = []
+        for c in conts:
+            v = agg(c, metric, kind)
+            cell = fmt(v, digits)
+            if v is not None and base is not None and c != BASELINE:
+                if kind in ("rate", "cost") and base > 0:
+                    cell += f" ({v / base:.2f}x)"
+                elif kind == "lat":
+                    cell += f" ({v - base:+.1f})"
+            cells.append(cell)
+        p(f"| {label} | " + " | ".join(cells) + " |")
+    p()
+
+    p("How to read it:")
+    p()
+    p("- *new connections/s*: wrk with `Connection: close` (one request per connection; the "
+      "server closes first). One client address means the director's conntrack table soon holds "
+      "TIME_WAIT entries for the very tuples the client reuses: the kernel's TCP tracker replaces "
+      "such an entry by itself, nfvs finds it on EEXIST, deletes it and creates its own "
+      "(design.md fact 6), so this load also measures that slow path.")
+    p("- *connect latency*: the client's connect() call, SYN to ESTABLISHED, one at a time. "
+      "Behind HAProxy the handshake ends at the director (the proxy's own connection to the real "
+      "server comes later), so it is shorter than the kernel path by design; *whole short "
+      "request* (connect, GET, read to EOF) is the like-for-like figure.")
+    p("- *balancer process CPU*: utime + stime of the daemon or HAProxy (all threads) during the "
+      "highest-concurrency `Connection: close` run; kernel-only has no process (0). The "
+      "director's softirq work cannot be separated from the client's and the servers' (one "
+      "machine), so the *whole machine* rows count everything, including other load on it.")
+    p("- *TCP RSTs*: counted in the director's and the real servers' namespaces during the HTTP "
+      "load. Through DNAT there should be none (a RST means a packet met a host with no socket "
+      "for it); HAProxy's director RSTs are its own aborts of connections wrk leaves open when "
+      "it stops.")
+    p()
+
+
+def print_every_round(p, conts, values):
+    """Every round's value of every metric."""
+    p("## Every round")
+    p()
+    p("Values of rounds 1, 2, 3, ... in run order (the spread shows how noisy the machine was).")
+    p()
+    p("| metric | " + " | ".join(LABELS.get(c, c) for c in conts) + " |")
+    p("|---|" + "---:|" * len(conts))
+    for metric, label, kind, digits in METRICS:
+        if not any(values[c].get(metric) for c in conts):
+            continue
+        cells = []
+        for c in conts:
+            vals = [v for r, v in sorted(values[c].get(metric, []), key=lambda rv: int(rv[0])) if r != "-"]
+            cells.append(" / ".join(fmt(v, digits) for v in vals) if vals else "—")
+        p(f"| {metric} | " + " | ".join(cells) + " |")
+    p()
+
+
+def churn_per_minute(path):
+    """[(secs, VmRSS MB, connections nfvs tracks)] for the churn's samples nearest each whole
+    minute (and the last one)."""
+    rows = read_tsv(path)[1:] if path.exists() else []
+    samples = []
+    for r in rows:
+        try:
+            samples.append((float(r[0]), int(r[6]) / 1024, int(r[3]) + int(r[4])))
+        except (ValueError, IndexError):
+            continue
+    picked, minute = [], 0
+    for i, (t, mb, conns) in enumerate(samples):
+        if t >= minute * 60 - 1 or i == len(samples) - 1:
+            picked.append((t, mb, conns))
+            minute = int((t + 1) // 60) + 1
+    return picked
 
 
 def main():
@@ -120,8 +234,11 @@ def main():
     p("- Lab: scripts/lab.sh (client, director, two nginx real servers in network namespaces; "
       "everything shares this machine's CPUs, so every contender's numbers include the client's "
       "and the servers' CPU use).")
-    p("- Contenders run one at a time in the director, interleaved over the rounds (the order "
-      "rotates each round); each table cell is the median of the rounds.")
+    if conts:
+        p("- Contenders run one at a time in the director, interleaved over the rounds (the order "
+          "rotates each round); each table cell is the median of the rounds.")
+    if meta.get("phases", "sched rounds rss churn").split() != "sched rounds rss churn".split():
+        p(f"- Only these phases ran: {meta['phases']}.")
     p()
 
     failures = (out / "failures.txt").read_text().strip() if (out / "failures.txt").exists() else ""
@@ -132,50 +249,8 @@ def main():
             p(f"- {line}")
         p()
 
-    p("## Results (medians of the rounds)")
-    p()
-    p("Ratios are to the kernel-only ceiling (higher is better for rates, lower for costs); "
-      "latencies show the microseconds added to the kernel-only path.")
-    p()
-    p("| metric | " + " | ".join(LABELS.get(c, c) for c in conts) + " |")
-    p("|---|" + "---:|" * len(conts))
-    for metric, label, kind, digits in METRICS:
-        if not any(values[c].get(metric) for c in conts):
-            continue
-        base = agg(BASELINE, metric, kind) if BASELINE in conts else None
-        cells = []
-        for c in conts:
-            v = agg(c, metric, kind)
-            cell = fmt(v, digits)
-            if v is not None and base is not None and c != BASELINE:
-                if kind in ("rate", "cost") and base > 0:
-                    cell += f" ({v / base:.2f}x)"
-                elif kind == "lat":
-                    cell += f" ({v - base:+.1f})"
-            cells.append(cell)
-        p(f"| {label} | " + " | ".join(cells) + " |")
-    p()
-
-    p("How to read it:")
-    p()
-    p("- *new connections/s*: wrk with `Connection: close` (one request per connection; the "
-      "server closes first). One client address means the director's conntrack table soon holds "
-      "TIME_WAIT entries for the very tuples the client reuses: the kernel's TCP tracker replaces "
-      "such an entry by itself, nfvs finds it on EEXIST, deletes it and creates its own "
-      "(design.md fact 6), so this load also measures that slow path.")
-    p("- *connect latency*: the client's connect() call, SYN to ESTABLISHED, one at a time. "
-      "Behind HAProxy the handshake ends at the director (the proxy's own connection to the real "
-      "server comes later), so it is shorter than the kernel path by design; *whole short "
-      "request* (connect, GET, read to EOF) is the like-for-like figure.")
-    p("- *balancer process CPU*: utime + stime of the daemon or HAProxy (all threads) during the "
-      "highest-concurrency `Connection: close` run; kernel-only has no process (0). The "
-      "director's softirq work cannot be separated from the client's and the servers' (one "
-      "machine), so the *whole machine* rows count everything, including other load on it.")
-    p("- *TCP RSTs*: counted in the director's and the real servers' namespaces during the HTTP "
-      "load. Through DNAT there should be none (a RST means a packet met a host with no socket "
-      "for it); HAProxy's director RSTs are its own aborts of connections wrk leaves open when "
-      "it stops.")
-    p()
+    if conts:
+        print_rounds(p, conts, values, agg)
 
     rss = {m: v for m, vals in values.get("nfvs-rss", {}).items() for _, v in vals[:1]}
     if rss:
@@ -199,6 +274,52 @@ def main():
                 p(f"| {label} | {fmt(rss[key], digits)} |")
         p()
 
+    ch = {m: v for m, vals in values.get("nfvs-churn", {}).items() for _, v in vals[:1]}
+    flat, verdict = churn_verdict(ch) if ch else (None, "")
+    if ch:
+        p("## nfvs memory over a churn")
+        p()
+        p(f"A fresh daemon under {fmt(ch.get('churn_secs'), 0)} s of new short connections "
+          f"(connprobe churn: {fmt(ch.get('churn_rate_target'), 0)}/s, at most "
+          f"{fmt(ch.get('churn_conc'), 0)} in flight, new tuples; TIME_WAIT lasts 120 s, so the "
+          f"population settles after the {fmt(ch.get('warmup_s'), 0)} s warm-up and keeps being "
+          f"replaced); a sample every {fmt(ch.get('sample_s'), 0)} s in churn.tsv.")
+        p()
+        p(f"**RSS over churn**: {verdict}.")
+        p()
+        p("| measure | value |")
+        p("|---|---:|")
+        rows = [
+            ("conns_made", "connections made", 0),
+            ("conn_rate", "rate (connections/s)", 0),
+            ("conn_errors", "failed connections", 0),
+            ("conns_mean", "connections nfvs tracks after the warm-up, mean", 0),
+            ("conns_min", "... minimum", 0),
+            ("conns_max", "... maximum", 0),
+            ("ct_mean", "conntrack entries in the director after the warm-up, mean", 0),
+            ("rss_first_mb", "VmRSS at the start of the churn (MB)", 1),
+            ("rss_start_mb", "VmRSS at the first sample after the warm-up (MB)", 1),
+            ("rss_end_mb", "VmRSS at the end (MB)", 1),
+            ("rss_max_mb", "VmRSS, highest sample (MB)", 1),
+            ("hwm_mb", "VmHWM, peak RSS, also between samples (MB)", 1),
+            ("rss_slope_mb_min", "VmRSS slope after the warm-up (MB/minute, least squares)", 3),
+            ("steady_samples", "samples after the warm-up", 0),
+            ("dir_rsts", "TCP RSTs sent by the director", 0),
+            ("rs_rsts", "TCP RSTs sent by the real servers", 0),
+            ("q_dropped", "NFQUEUE queue_dropped", 0),
+            ("q_user_dropped", "NFQUEUE user_dropped", 0),
+            ("log_warnings", "daemon warning lines", 0),
+        ]
+        for key, label, digits in rows:
+            if key in ch:
+                p(f"| {label} | {fmt(ch[key], digits)} |")
+        p()
+        per_min = churn_per_minute(out / "churn.tsv")
+        if per_min:
+            p("VmRSS (MB) and connections tracked, once a minute: "
+              + ", ".join(f"{t:.0f} s {mb:.1f} ({conns:,})" for t, mb, conns in per_min) + ".")
+            p()
+
     targets = []
     n = "nfvs" if "nfvs" in conts else None
     if n and BASELINE in conts:
@@ -221,6 +342,17 @@ def main():
     if "rss_mb" in rss:
         targets.append((f"RSS < 50 MB with {fmt(rss.get('daemon_conns'), 0)} tracked connections",
                         f"{rss['rss_mb']:.1f} MB", rss["rss_mb"] < 50))
+    if ch and flat is not None:
+        secs = int(ch.get("churn_secs", 0))
+        length = f"{secs // 60}-minute" if secs % 60 == 0 else f"{secs} s"
+        targets.append((f"RSS flat over a {length} churn "
+                        f"({fmt(ch.get('conns_mean'), 0)} tracked)",
+                        f"{ch['rss_end_mb'] - ch['rss_start_mb']:+.2f} MB, "
+                        f"{ch['rss_slope_mb_min']:+.3f} MB/min", flat))
+    if "rss_max_mb" in ch:
+        # VmHWM catches what the samples miss (a hash table's resize holds both tables a moment).
+        peak = max(ch["rss_max_mb"], ch.get("hwm_mb", 0))
+        targets.append(("RSS < 50 MB throughout the churn (VmHWM: the peak)", f"{peak:.1f} MB", peak < 50))
     if targets:
         p("## nfvs (RUST_LOG=warn) against the targets of issue 5")
         p()
@@ -230,21 +362,8 @@ def main():
             p(f"| {t} | {m} | {'yes' if ok else 'no'} |")
         p()
 
-    p("## Every round")
-    p()
-    p("Values of rounds 1, 2, 3, ... in run order (the spread shows how noisy the machine was).")
-    p()
-    p("| metric | " + " | ".join(LABELS.get(c, c) for c in conts) + " |")
-    p("|---|" + "---:|" * len(conts))
-    for metric, label, kind, digits in METRICS:
-        if not any(values[c].get(metric) for c in conts):
-            continue
-        cells = []
-        for c in conts:
-            vals = [v for r, v in sorted(values[c].get(metric, []), key=lambda rv: int(rv[0])) if r != "-"]
-            cells.append(" / ".join(fmt(v, digits) for v in vals) if vals else "—")
-        p(f"| {metric} | " + " | ".join(cells) + " |")
-    p()
+    if conts:
+        print_every_round(p, conts, values)
 
     sched = out / "sched_bench.txt"
     if sched.exists() and sched.read_text().strip():
