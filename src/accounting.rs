@@ -199,6 +199,22 @@ impl Conns {
         }
     }
 
+    /// Undoes [`Conns::scheduled`] for a connection whose conntrack entry could not be created:
+    /// forgets it, gives its server's count back and lets go of its persistence template. Only
+    /// while the tracked connection is still that one (same server, no entry id learnt from an
+    /// event); returns whether it was.
+    pub fn cancel(&mut self, table: &mut Table, orig: &Tuple, dest: DestId, now: Duration) -> bool {
+        if !self.map.get(orig).is_some_and(|c| c.dest == dest && c.id.is_none()) {
+            return false;
+        }
+        let Some(c) = self.map.remove(orig) else { return false };
+        unbind(table, &c);
+        if let (Some(t), Some(s)) = (c.template, table.service_mut(&c.svc)) {
+            s.release_template(t, now);
+        }
+        true
+    }
+
     /// Whether nfvs tracks a live (active) connection for `orig`.
     pub fn live(&self, orig: &Tuple) -> bool {
         self.map.get(orig).is_some_and(|c| c.active)
@@ -423,5 +439,24 @@ mod tests {
         assert!(c.sample(&[entry(9, 131, TcpState::Established, 90, 4)]).is_empty());
         let d = c.destroyed(&mut t, &entry(9, 131, TcpState::TimeWait, 90, 6), Duration::ZERO).unwrap();
         assert_eq!((d.counters.inpkts, d.counters.inbytes), (2, 200));
+    }
+    #[test]
+    fn cancel_gives_the_count_back_only_for_the_same_connection() {
+        let mut t = parse_rules(LAB, "t").unwrap();
+        let svc = t.services()[0].key();
+        let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
+        let mut c = Conns::new();
+        c.scheduled(&mut t, tuple(7), svc, a, None, None);
+        assert_eq!(counts(&t), [(1, 0), (0, 0)]);
+        // Another server's connection for the tuple: not this one.
+        assert!(!c.cancel(&mut t, &tuple(7), b, Duration::ZERO));
+        assert!(c.cancel(&mut t, &tuple(7), a, Duration::ZERO));
+        assert_eq!(counts(&t), [(0, 0), (0, 0)]);
+        assert!(c.is_empty());
+        // Once an event told its entry id, the entry exists: a late failure is not its own.
+        c.scheduled(&mut t, tuple(8), svc, a, None, None);
+        c.seen(&mut t, &entry(8, 131, TcpState::SynSent, 80, 1), Duration::ZERO);
+        assert!(!c.cancel(&mut t, &tuple(8), a, Duration::ZERO));
+        assert_eq!(counts(&t), [(1, 0), (0, 0)]);
     }
 }

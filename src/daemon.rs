@@ -26,15 +26,16 @@ use crate::accounting::Conns;
 use crate::config::{self, Command, ListWhat};
 use crate::control::{self, Reply, Request};
 use crate::kernel::conntrack::{Conntrack, CtError, CtEventKind, CtEvents, TcpState};
-use crate::kernel::nfqueue::{Queue, QueueConfig, Verdict};
+use crate::kernel::conntrack::{append_create, append_delete};
+use crate::kernel::nfqueue::{parse_datagram, Msg, Outbox, Queue, QueueConfig, Verdict, BATCH};
 use crate::kernel::nftables::{self, QueueImpl};
 use crate::kernel::sysctl::{Setting, Sysctl};
 use crate::listing::{self, ConnRow, PortNames};
-use crate::nat::CtMapping;
-use crate::packet::{self, FlowKey};
+use crate::nat::{CtMapping, Tuple};
+use crate::packet;
 use crate::ruleset::{Cidr, Divert, FallbackRule, QueueSpec, Ruleset};
 use crate::sched::Request as SchedRequest;
-use crate::service::{Protocol, ServiceKey, Table};
+use crate::service::{DestId, Protocol, ServiceKey, Table};
 use crate::stats::{Counters, StatsTable, ESTIMATOR_INTERVAL};
 
 /// The conntrack mark nfvs puts on the entries it creates ("nfvs" in ASCII), so it can find
@@ -368,7 +369,7 @@ fn start(
     }
     let qcfg = |num| QueueConfig { num, fail_open: opts.overload == Overload::Fallback, ..QueueConfig::default() };
     let mut ct = tryc!(Conntrack::open().context("open ctnetlink socket"));
-    let mut queue = tryc!(Queue::open(&qcfg(opts.queue)));
+    let queue = tryc!(Queue::open(&qcfg(opts.queue)));
     // Workers for the other queues. Netlink sockets stay in the thread that made them; each
     // worker binds its queue (before the divert rule exists: fact 9), says so, then waits for
     // the shared state.
@@ -381,7 +382,7 @@ fn start(
             let opened = Conntrack::open()
                 .context("open ctnetlink socket")
                 .and_then(|ct| Ok((ct, Queue::open(&cfg)?)));
-            let (mut ct, mut q) = match opened {
+            let (ct, q) = match opened {
                 Ok(v) => {
                     let _ = ready_tx.send(Ok(()));
                     v
@@ -389,7 +390,7 @@ fn start(
                 Err(e) => return drop(ready_tx.send(Err(e))),
             };
             if let Ok(sh) = go_rx.recv() {
-                worker(&sh, &mut q, &mut ct);
+                worker(&sh, q, ct);
             }
         });
         tryc!(ready_rx.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("queue worker died"))));
@@ -478,17 +479,18 @@ fn start(
         shared.opts.control.display()
     );
 
-    worker(&shared, &mut queue, &mut ct);
+    worker(&shared, queue, ct);
     Ok(())
 }
 
 /// Runs one queue's packet loop; a fatal error stops the whole daemon, cleaned up.
-fn worker(sh: &Shared, queue: &mut Queue, ct: &mut Conntrack) {
-    if let Err(e) = packet_loop(sh, queue, ct) {
+fn worker(sh: &Shared, queue: Queue, ct: Conntrack) {
+    let num = queue.num();
+    if let Err(e) = Worker::new(queue, ct).run(sh) {
         let mut c = sh.cleanup.lock().unwrap_or_else(|e| e.into_inner());
         c.run();
         drop(c);
-        eprintln!("nfvs: error: queue {}: {e:#}", queue.num());
+        eprintln!("nfvs: error: queue {num}: {e:#}");
         std::process::exit(1);
     }
 }
@@ -497,55 +499,221 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
     std::thread::Builder::new().name(name.into()).spawn(f).unwrap_or_else(|e| panic!("spawn thread {name}: {e}"));
 }
 
-fn packet_loop(sh: &Shared, queue: &mut Queue, ct: &mut Conntrack) -> anyhow::Result<()> {
-    loop {
-        let msg = match queue.recv() {
-            Ok(m) => m,
-            Err(e) => {
-                if let crate::kernel::nfqueue::QueueError::Recv(io) = &e {
-                    if io.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    // ENOBUFS: the kernel dropped messages for us; keep going.
-                    if io.raw_os_error() == Some(libc::ENOBUFS) {
-                        warn!("NFQUEUE: kernel reported lost packets (ENOBUFS)");
-                        continue;
-                    }
-                }
-                return Err(e.into());
-            }
-        };
-        let verdict = match packet::parse(msg.get_payload()) {
-            Ok(flow) => decide(sh, ct, &flow, msg.get_payload()),
-            Err(e) => {
-                sh.loop_stats.malformed.fetch_add(1, Ordering::Relaxed);
-                debug!("accepting unparsed packet unmodified: {e}");
-                Verdict::Accept
-            }
-        };
-        queue.verdict(msg, verdict)?;
+/// A ctnetlink request sent on a queue socket, remembered until its answer could arrive. The
+/// kernel answers only failures (the requests carry no `NLM_F_ACK`), so success is silence.
+#[derive(Debug, Clone, Copy)]
+enum Sent {
+    Create { orig: Tuple, svc: ServiceKey, dest: DestId, rip: SocketAddrV4 },
+    Delete { orig: Tuple },
+}
+
+/// Requests remembered, by sequence number modulo this. A failure is answered while the
+/// `sendmsg` that carried the request runs, so it is read with the next batch, at most
+/// [`BATCH`] x 2 requests later: far fewer than this.
+const SENT_RING: usize = 4096;
+
+/// Verdicts are sent with sequence number 0; ctnetlink requests never are.
+const VERDICT_SEQ: u32 = 0;
+
+/// A decision, logged once the batch's messages are sent and the state lock is released.
+struct Decision {
+    client: SocketAddrV4,
+    svc: ServiceKey,
+    sched: &'static str,
+    rip: SocketAddrV4,
+    persistent: bool,
+}
+
+/// A request or verdict the kernel refused, reported after the lock is released.
+struct Failure {
+    errno: i32,
+    /// `None`: a verdict.
+    sent: Option<Sent>,
+}
+
+/// One queue's worker: its queue socket (which also carries its ctnetlink requests, see
+/// [`crate::kernel::nfqueue`]) and what a batch needs, allocated once.
+struct Worker {
+    queue: Queue,
+    b: BatchScratch,
+}
+
+struct BatchScratch {
+    qnum: u16,
+    /// A request/answer ctnetlink socket, for the rare look-ups: a SYN for a tuple nfvs
+    /// believes live, and after a create failed.
+    ct: Conntrack,
+    out: Outbox,
+    seq: u32,
+    sent: Box<[(u32, Option<Sent>)]>,
+    log_decisions: bool,
+    decisions: Vec<Decision>,
+    failures: Vec<Failure>,
+}
+
+impl BatchScratch {
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        self.seq
+    }
+
+    fn remember(&mut self, seq: u32, what: Sent) {
+        self.sent[seq as usize % SENT_RING] = (seq, Some(what));
+    }
+
+    fn take(&mut self, seq: u32) -> Option<Sent> {
+        let slot = &mut self.sent[seq as usize % SENT_RING];
+        if slot.0 == seq {
+            slot.1.take()
+        } else {
+            None
+        }
     }
 }
 
-/// One new-connection decision: schedule, create the DNAT entry, count it, log it.
-fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey, packet: &[u8]) -> Verdict {
+impl Worker {
+    fn new(queue: Queue, ct: Conntrack) -> Worker {
+        let b = BatchScratch {
+            qnum: queue.num(),
+            ct,
+            out: Outbox::with_capacity(BATCH * 512),
+            seq: 0,
+            sent: vec![(0, None); SENT_RING].into_boxed_slice(),
+            log_decisions: false,
+            decisions: Vec::with_capacity(BATCH),
+            failures: Vec::new(),
+        };
+        Worker { queue, b }
+    }
+
+    /// Per batch: read every waiting packet and failure answer (one `recvmmsg`); under one
+    /// lock of the shared state, apply the failures and decide every packet, appending its
+    /// ctnetlink requests and then its verdict; send them all (one `sendmsg`); log.
+    fn run(&mut self, sh: &Shared) -> anyhow::Result<()> {
+        loop {
+            self.queue.recv(false).map_err(crate::kernel::nfqueue::QueueError::Recv)?;
+            self.b.log_decisions = log::log_enabled!(log::Level::Info);
+            {
+                let mut guard = sh.lock();
+                let now = sh.now();
+                for data in self.queue.datagrams() {
+                    parse_datagram(data, |m| handle(sh, &mut guard, &mut self.b, m, now));
+                }
+            }
+            self.queue.flush(&mut self.b.out)?;
+            self.report(sh);
+        }
+    }
+
+    fn report(&mut self, sh: &Shared) {
+        for d in self.b.decisions.drain(..) {
+            let how = if d.persistent { " (persistent)" } else { "" };
+            info!("conn client={} vip={} sched={} rs={}{how}", d.client, d.svc.vip(), d.sched, d.rip);
+        }
+        for f in std::mem::take(&mut self.b.failures) {
+            let err = std::io::Error::from_raw_os_error(f.errno);
+            match f.sent {
+                None => warn!("NFQUEUE {}: the kernel refused a verdict: {err}", self.b.qnum),
+                Some(Sent::Delete { orig }) => {
+                    warn!("conn client={}:{}: deleting its finished conntrack entry failed: {err}", orig.src, orig.sport)
+                }
+                Some(Sent::Create { orig, svc, rip, .. }) => self.report_create_failure(sh, &orig, &svc, rip, f.errno),
+            }
+        }
+    }
+
+    /// The SYN whose entry could not be created was accepted all the same (its verdict went
+    /// out in the same `sendmsg`): the kernel's own rules took it. Say what became of it.
+    fn report_create_failure(&mut self, sh: &Shared, orig: &Tuple, svc: &ServiceKey, rip: SocketAddrV4, errno: i32) {
+        let client = SocketAddrV4::new(orig.src, orig.sport);
+        let vip = svc.vip();
+        let fate = match sh.opts.overload {
+            Overload::Drop => "the SYN was dropped by our nat_pre guard rule; the client will retry it",
+            Overload::Fallback => "the SYN went to the kernel fallback rule",
+        };
+        if errno != libc::EEXIST {
+            let err = std::io::Error::from_raw_os_error(errno);
+            warn!("conn client={client} vip={vip} rs={rip}: creating the conntrack entry failed: {err}; {fate}");
+            return;
+        }
+        // An entry nfvs did not know about had the tuple. A live balanced one (ours from a
+        // retransmitted SYN on another path, or the fallback rule's) took the SYN to its
+        // server; a finished one (a reused source port) was replaced by the kernel with an
+        // entry without DNAT, which the guard rule dropped.
+        match self.b.ct.get(orig) {
+            Ok(Some(e))
+                if (e.mark == sh.opts.ct_mark || e.status & crate::kernel::conntrack::status::DST_NAT != 0)
+                    && e.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) =>
+            {
+                sh.loop_stats.retransmits.fetch_add(1, Ordering::Relaxed);
+                debug!("conn client={client} vip={vip}: retransmitted SYN of a balanced connection nfvs did not track");
+            }
+            _ => warn!(
+                "conn client={client} vip={vip} rs={rip}: conntrack already held an entry nfvs did not know for \
+                 this tuple (a reused source port of an untracked connection); {fate}"
+            ),
+        }
+    }
+}
+
+/// One message from the queue socket, under the state lock.
+fn handle(sh: &Shared, st: &mut State, b: &mut BatchScratch, m: Msg<'_>, now: Duration) {
     let ls = &sh.loop_stats;
+    match m {
+        Msg::Packet { id, payload } => {
+            let v = decide(sh, st, b, payload, now);
+            b.out.verdict(b.qnum, id, v);
+        }
+        Msg::Error { seq, errno } if seq == VERDICT_SEQ => b.failures.push(Failure { errno, sent: None }),
+        Msg::Error { seq, errno } => match b.take(seq) {
+            Some(sent @ Sent::Create { orig, dest, .. }) => {
+                // Give the count back: this connection is not balanced by nfvs.
+                st.conns.cancel(&mut st.table, &orig, dest, now);
+                ls.ct_errors.fetch_add(1, Ordering::Relaxed);
+                b.failures.push(Failure { errno, sent: Some(sent) });
+            }
+            // Expired between the event that said it finished and our delete: fine.
+            Some(Sent::Delete { .. }) if errno == libc::ENOENT => {}
+            Some(sent @ Sent::Delete { .. }) => b.failures.push(Failure { errno, sent: Some(sent) }),
+            None => debug!("NFQUEUE {}: error {errno} for request {seq}, no longer remembered", b.qnum),
+        },
+        Msg::Unexpected { ty } => debug!("NFQUEUE {}: ignoring a message of type {ty:#x}", b.qnum),
+    }
+}
+
+/// One new-connection decision: schedule, queue the DNAT entry's creation, count it.
+fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now: Duration) -> Verdict {
+    let ls = &sh.loop_stats;
+    let flow = match packet::parse(payload) {
+        Ok(f) => f,
+        Err(e) => {
+            ls.malformed.fetch_add(1, Ordering::Relaxed);
+            debug!("accepting unparsed packet unmodified: {e}");
+            return Verdict::Accept;
+        }
+    };
     let proto = if flow.proto == 6 { Protocol::Tcp } else { Protocol::Udp };
     let key = ServiceKey { proto, addr: flow.dst, port: flow.dport };
-    let now = sh.now();
-    let mut guard = sh.lock();
-    let st = &mut *guard;
     // A SYN for a connection nfvs balanced and still sees live is a retransmission (the first
     // SYN or its SYN-ACK was lost): IPVS finds its connection entry and does not schedule
-    // again, so neither do we, once conntrack confirms the entry is there and alive.
-    let orig = crate::nat::Tuple::from(flow);
+    // again, so neither do we; the kernel's entry takes it to the same server.
+    let orig = Tuple::from(&flow);
+    // What nfvs knows of an earlier connection with this tuple: the id of a finished entry to
+    // delete first (a reused source port, design.md fact 6).
+    let mut finished = st.conns.finished(&orig);
     if st.conns.live(&orig) {
-        if let Ok(Some(e)) = ct.get(&orig) {
-            if e.mark == sh.opts.ct_mark && e.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) {
+        // Events lag the kernel by up to a batch: a client that closes and reconnects from
+        // the same port at once looks live here. Ask conntrack (one round trip, only for
+        // tuples nfvs believes live: retransmissions and such quick reuse).
+        match b.ct.get(&orig) {
+            Ok(Some(e)) if e.mark == sh.opts.ct_mark && e.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) => {
                 ls.retransmits.fetch_add(1, Ordering::Relaxed);
                 debug!("conn client={}:{} vip={}: retransmitted SYN", flow.src, flow.sport, key.vip());
                 return Verdict::Accept;
             }
+            Ok(Some(e)) => finished = Some(e.id),
+            Ok(None) => {}
+            Err(e) => debug!("conn client={}:{}: looking up its earlier entry: {e}", flow.src, flow.sport),
         }
     }
     let Some(svc) = st.table.service_mut(&key) else {
@@ -560,7 +728,7 @@ fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey, packet: &[u8]) -> Ver
         ls.no_dest.fetch_add(1, Ordering::Relaxed);
         warn!("conn client={client} vip={} sched={sched} rs=none: no eligible real server, refused", key.vip());
         if let Some(r) = &sh.refuser {
-            if let Err(e) = r.refuse(packet) {
+            if let Err(e) = r.refuse(payload) {
                 debug!("ICMP port unreachable to {client}: {e}");
             }
         }
@@ -568,80 +736,31 @@ fn decide(sh: &Shared, ct: &mut Conntrack, flow: &FlowKey, packet: &[u8]) -> Ver
     };
     let dest = &svc.dests[pick.index];
     let (rip, dest_id) = (dest.rip(), dest.id);
-    let mapping = CtMapping::dnat(flow, rip, sh.opts.ct_mark);
-    let created = match st.conns.finished(&mapping.orig) {
-        // A reused source port whose old entry we know is finished: delete it and create
-        // ours, two netlink round trips instead of four (create, EEXIST, get, delete, create).
-        Some(old_id) => reuse_mapping(ct, &mapping, old_id, ls),
-        None => create_mapping(ct, &mapping, ls),
-    };
-    match created {
-        Ok(Created::New { replaced }) => {
-            st.conns.scheduled(&mut st.table, mapping.orig, key, dest_id, replaced, pick.template);
-            st.stats.record(&key, Some(dest_id), &Counters { conns: 1, ..Counters::default() });
-            ls.scheduled.fetch_add(1, Ordering::Relaxed);
-            let how = if pick.persistent_hit { " (persistent)" } else { "" };
-            info!("conn client={client} vip={} sched={sched} rs={rip}{how}", key.vip());
-            Verdict::Accept
-        }
-        Ok(Created::Retransmit) => {
-            debug!("conn client={client} vip={}: retransmitted SYN of a tracked connection", key.vip());
-            Verdict::Accept
-        }
-        Err(e) => {
-            ls.ct_errors.fetch_add(1, Ordering::Relaxed);
-            warn!("conn client={client} vip={} sched={sched} rs={rip}: {e}; SYN dropped (the client will retry)", key.vip());
-            Verdict::Drop
-        }
-    }
-}
-
-enum Created {
-    /// Created; `replaced` is the id of an old entry of the same tuple deleted first.
-    New { replaced: Option<u32> },
-    Retransmit,
-}
-
-/// [`create_mapping`] for a tuple whose previous connection nfvs saw finish.
-fn reuse_mapping(ct: &mut Conntrack, m: &CtMapping, old_id: Option<u32>, ls: &LoopStats) -> Result<Created, CtError> {
-    ct.delete(&m.orig)?;
-    match ct.create(m) {
-        Ok(()) => {
+    let mapping = CtMapping::dnat(&flow, rip, sh.opts.ct_mark);
+    // A reused source port whose old entry we know is finished (design.md fact 6): delete
+    // it first, in the same sendmsg. An old entry we do not know of makes the create fail
+    // with EEXIST, answered later (Worker::report_create_failure).
+    let replaced = match finished {
+        Some(old_id) => {
+            let seq = b.next_seq();
+            append_delete(&mut b.out.buf, seq, 0, &orig);
+            b.remember(seq, Sent::Delete { orig });
             ls.reused_ports.fetch_add(1, Ordering::Relaxed);
             ls.reused_known.fetch_add(1, Ordering::Relaxed);
-            Ok(Created::New { replaced: old_id })
+            old_id
         }
-        // Something re-created the tuple in between: take the general path.
-        Err(CtError::Exists) => create_mapping(ct, m, ls),
-        Err(e) => Err(e),
+        None => None,
+    };
+    let seq = b.next_seq();
+    append_create(&mut b.out.buf, seq, 0, &mapping);
+    b.remember(seq, Sent::Create { orig, svc: key, dest: dest_id, rip });
+    st.conns.scheduled(&mut st.table, orig, key, dest_id, replaced, pick.template);
+    st.stats.record(&key, Some(dest_id), &Counters { conns: 1, ..Counters::default() });
+    ls.scheduled.fetch_add(1, Ordering::Relaxed);
+    if b.log_decisions {
+        b.decisions.push(Decision { client, svc: key, sched, rip, persistent: pick.persistent_hit });
     }
-}
-
-/// Creates the entry, handling an existing one as design.md fact 6 says: a state up to
-/// ESTABLISHED is a retransmitted SYN of a live flow (keep it); a later state (TIME_WAIT,
-/// CLOSE, ...) is a reused source port: delete the old entry and create ours.
-fn create_mapping(ct: &mut Conntrack, m: &CtMapping, ls: &LoopStats) -> Result<Created, CtError> {
-    match ct.create(m) {
-        Ok(()) => return Ok(Created::New { replaced: None }),
-        Err(CtError::Exists) => {}
-        Err(e) => return Err(e),
-    }
-    let mut replaced = None;
-    if let Some(old) = ct.get(&m.orig)? {
-        // A live entry that is balanced (ours, or the --overload fallback's DNAT) is the
-        // flow this SYN belongs to. A live entry without DNAT (made before nfvs ran) would
-        // take the SYN to the director itself: replace it like a finished one.
-        let balanced = old.mark == m.mark || old.status & crate::kernel::conntrack::status::DST_NAT != 0;
-        if balanced && old.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) {
-            ls.retransmits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Created::Retransmit);
-        }
-        ct.delete(&m.orig)?;
-        replaced = old.id;
-        ls.reused_ports.fetch_add(1, Ordering::Relaxed);
-    }
-    ct.create(m)?;
-    Ok(Created::New { replaced })
+    Verdict::Accept
 }
 
 // ---------------------------------------------------------------------------------------
@@ -653,16 +772,19 @@ fn create_mapping(ct: &mut Conntrack, m: &CtMapping, ls: &LoopStats) -> Result<C
 /// counts then follow state changes (FIN, DESTROY) up to this much later. New connections are
 /// counted at once by the packet thread, as IPVS counts them.
 const EVENT_BATCH: Duration = Duration::from_millis(1);
-/// At most this many further reads per batch, so a flood cannot starve the packet thread of
-/// the lock.
-const EVENT_BATCH_READS: usize = 256;
+/// Events applied per lock of the shared state at most, so a flood cannot keep the packet
+/// threads from it for long.
+const EVENT_APPLY_CHUNK: usize = 1024;
 
+/// Reads events 64 at a time (`recvmmsg`) and drains the socket completely each wakeup: a
+/// reader that leaves events queued lets the buffer overflow under load, and every overflow
+/// costs a full recount from a dump.
 fn event_loop(sh: &Shared, mut events: CtEvents) {
     let mark = sh.opts.ct_mark;
     let mut buf = Vec::new();
     loop {
-        let mut lost = match events.recv(&mut buf) {
-            Ok(()) => false,
+        let mut lost = match events.recv_many(&mut buf, false) {
+            Ok(_) => false,
             Err(CtError::EventsLost) => true,
             Err(e) => {
                 warn!("conntrack events: {e}");
@@ -672,30 +794,31 @@ fn event_loop(sh: &Shared, mut events: CtEvents) {
         };
         if !lost {
             std::thread::sleep(EVENT_BATCH);
-            let _ = events.set_nonblocking(true);
-            for _ in 0..EVENT_BATCH_READS {
-                match events.recv(&mut buf) {
-                    Ok(()) => {}
+            loop {
+                match events.recv_many(&mut buf, true) {
+                    Ok(0) => break,
+                    Ok(_) if buf.len() >= EVENT_APPLY_CHUNK => apply_events(sh, mark, &mut buf),
+                    Ok(_) => {}
                     Err(CtError::EventsLost) => {
                         lost = true;
                         break;
                     }
-                    Err(_) => break, // nothing more queued
+                    Err(e) => {
+                        debug!("conntrack events: {e}");
+                        break;
+                    }
                 }
             }
-            let _ = events.set_nonblocking(false);
         }
         apply_events(sh, mark, &mut buf);
         if lost {
             warn!("conntrack events were lost (socket buffer full); recounting connections from a dump");
             // The kernel stops delivering until the socket is read empty (af_netlink
             // congestion); drain it, then rebuild from a dump.
-            let _ = events.set_nonblocking(true);
-            while events.recv(&mut buf).is_ok() {
+            while matches!(events.recv_many(&mut buf, true), Ok(n) if n > 0) {
                 buf.clear();
             }
             buf.clear();
-            let _ = events.set_nonblocking(false);
             resync(sh);
         }
     }

@@ -16,7 +16,14 @@
 //!   NAT hooks register only while a nat base chain exists, and conntrack does not even run in
 //!   a fresh namespace until some rule references it (design.md fact 2); this chain does both.
 //!   Connections nfvs balanced never reach it (their NAT is set up when the daemon creates the
-//!   conntrack entry), so its counter counts new connections nfvs did *not* balance.
+//!   conntrack entry), so its counter counts new connections nfvs did *not* balance. With
+//!   `--overload fallback`, the kernel's own balancing rules follow ([`FallbackRule`]). Last, a
+//!   guard per service drops a SYN for VIP:port that got here: the daemon sends each SYN's
+//!   verdict in the same `sendmsg` as its conntrack create, without waiting for the answer
+//!   (src/kernel/nfqueue.rs), so a SYN whose create failed (e.g. EEXIST for a reused port of a
+//!   connection nfvs did not track) arrives here with an entry of the kernel's own, without
+//!   DNAT. Dropped, the client retries it a second later, when the daemon balances it; let
+//!   through, the director itself would answer it with a RST.
 //! - `nat_post` (nat, postrouting, priority srcnat = 100): `ip saddr CIDR masquerade` for each
 //!   `--masquerade` network: the seed's `iptables -t nat -A POSTROUTING -s CIDR -j MASQUERADE`,
 //!   with the same meaning (no output interface).
@@ -294,14 +301,7 @@ impl Ruleset {
         writeln!(out, "\tchain {CHAIN_DIVERT} {{")?;
         writeln!(out, "\t\ttype filter hook prerouting priority raw; policy accept;")?;
         for d in &self.diverts {
-            let ports = match d.proto {
-                // nft lists `tcp flags & (fin|syn|rst|ack) == syn` this way.
-                Protocol::Tcp => {
-                    format!("tcp dport {} tcp flags syn / fin,syn,rst,ack", d.port)
-                }
-                Protocol::Udp => format!("udp dport {}", d.port),
-            };
-            writeln!(out, "\t\tip daddr {} {ports} counter {}", d.vip, render_queue(&self.queue))?;
+            writeln!(out, "\t\tip daddr {} {} counter {}", d.vip, divert_match(d), render_queue(&self.queue))?;
         }
         writeln!(out, "\t}}")?;
         writeln!(out)?;
@@ -318,6 +318,9 @@ impl Ruleset {
                 writeln!(out, "\t\tip daddr {} tcp dport {} {ng}counter dnat to {}:{}", f.vip, f.port, step.to.0, step.to.1)?;
             }
         }
+        for d in &self.diverts {
+            writeln!(out, "\t\tip daddr {} {} counter drop", d.vip, divert_match(d))?;
+        }
         writeln!(out, "\t}}")?;
         writeln!(out)?;
 
@@ -333,6 +336,15 @@ impl Ruleset {
         }
         writeln!(out, "\t}}")?;
         writeln!(out, "}}")
+    }
+}
+
+/// What a divert (and its guard) matches after `ip daddr VIP`.
+fn divert_match(d: &Divert) -> String {
+    match d.proto {
+        // nft lists `tcp flags & (fin|syn|rst|ack) == syn` this way.
+        Protocol::Tcp => format!("tcp dport {} tcp flags syn / fin,syn,rst,ack", d.port),
+        Protocol::Udp => format!("udp dport {}", d.port),
     }
 }
 
@@ -500,6 +512,7 @@ table ip nfvs {
 \tchain nat_pre {
 \t\ttype nat hook prerouting priority dstnat; policy accept;
 \t\tct state new counter
+\t\tip daddr 192.168.199.200 tcp dport 80 tcp flags syn / fin,syn,rst,ack counter drop
 \t}
 
 \tchain nat_post {

@@ -382,6 +382,9 @@ fn iptables_form_loads() {
         "{listed}"
     );
     assert!(listed.contains("ct state new counter"), "{listed}");
+    // The guard (nft prints the xt conntrack match without its `!`; iptables shows it whole).
+    let mangle = ns.ok(&["iptables-nft", "-t", "mangle", "-S", "PREROUTING"]);
+    assert!(mangle.contains("--tcp-flags FIN,SYN,RST,ACK SYN -m conntrack ! --ctstate DNAT -j DROP"), "{mangle}");
     assert!(listed.contains("ip saddr 192.168.226.0/24 counter masquerade"), "{listed}");
 }
 
@@ -556,15 +559,16 @@ fn only_syns_to_vip_port_are_queued() {
         let client = s.spawn(move || {
             cli.enter();
             ready_rx.recv().expect("director ready");
-            let connect = |port| {
+            let connect = |port, secs| {
                 let to = SocketAddr::V4(SocketAddrV4::new(VIP, port));
-                TcpStream::connect_timeout(&to, Duration::from_secs(3)).map(drop)
+                TcpStream::connect_timeout(&to, Duration::from_secs_f64(secs)).map(drop)
             };
-            // Queued, accepted, answered with RST by the director: nothing listens there.
-            let e = connect(PORT).expect_err("nothing listens on the VIP");
-            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
+            // Queued and accepted with no conntrack entry made for it: the nat_pre guard drops
+            // it (the client would retry it after 1 s; the timeout ends the attempt first).
+            let e = connect(PORT, 0.5).expect_err("the guard drops it");
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
             // Another port: never queued, refused straight away.
-            let e = connect(PORT + 1).expect_err("nothing listens on the VIP");
+            let e = connect(PORT + 1, 3.0).expect_err("nothing listens on the VIP");
             assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
             // Not a first packet: never queued.
             send_raw_tcp(40001, PORT, ACK);
@@ -586,4 +590,8 @@ fn only_syns_to_vip_port_are_queued() {
     // The divert counter saw exactly these two.
     let listed = dir.ok(&["nft", "list", "chain", "ip", "nfvs", "divert"]);
     assert!(listed.contains("counter packets 2 "), "{listed}");
+    // The guard dropped the two SYNs accepted without an entry of ours: connect()'s (60 bytes
+    // with its options) and the raw ECN-setup one (40).
+    let listed = dir.ok(&["nft", "list", "chain", "ip", "nfvs", "nat_pre"]);
+    assert!(listed.contains("counter packets 2 bytes 100 drop"), "{listed}");
 }

@@ -307,7 +307,15 @@ pub struct CtEvent {
 /// No `CTA_STATUS` (fact 5). PORT_MAX equals PORT_MIN, as the kernel would assume without it
 /// (`nf_nat_l4proto_nlattr_to_range`); no `CTA_NAT_V4_MAXIP` (the kernel uses MINIP).
 pub fn build_create(buf: &mut Vec<u8>, seq: u32, m: &CtMapping) {
-    begin(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE, seq);
+    buf.clear();
+    append_create(buf, seq, NLM_F_ACK, m);
+}
+
+/// [`build_create`] appended to `buf` (which may already hold other messages: several
+/// netlink messages in one `sendmsg` are processed in order by `netlink_rcv_skb`), with
+/// `extra` flags (`NLM_F_ACK`, or 0: then only a failure is answered).
+pub fn append_create(buf: &mut Vec<u8>, seq: u32, extra: u16, m: &CtMapping) {
+    let at = begin(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | extra | NLM_F_EXCL | NLM_F_CREATE, seq);
     put_tuple(buf, CTA_TUPLE_ORIG, &m.orig);
     put_tuple(buf, CTA_TUPLE_REPLY, &m.reply);
     put_attr(buf, CTA_TIMEOUT, &m.timeout.to_be_bytes());
@@ -319,7 +327,7 @@ pub fn build_create(buf: &mut Vec<u8>, seq: u32, m: &CtMapping) {
     put_attr(buf, CTA_PROTONAT_PORT_MAX, &m.nat_dst.port().to_be_bytes());
     nest_end(buf, proto);
     nest_end(buf, nat);
-    finish(buf);
+    finish(buf, at);
 }
 
 /// `IPCTNL_MSG_CT_GET` of one entry by original tuple, `NLM_F_REQUEST` only.
@@ -328,9 +336,10 @@ pub fn build_create(buf: &mut Vec<u8>, seq: u32, m: &CtMapping) {
 /// socket); without it the kernel answers with exactly one message, the entry or an error, so
 /// one recv completes the call (`netlink_rcv_skb` acks only on error or `NLM_F_ACK`).
 pub fn build_get(buf: &mut Vec<u8>, seq: u32, orig: &Tuple) {
-    begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST, seq);
+    buf.clear();
+    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST, seq);
     put_tuple(buf, CTA_TUPLE_ORIG, orig);
-    finish(buf);
+    finish(buf, at);
 }
 
 /// `IPCTNL_MSG_CT_DELETE` of one entry by original tuple, `NLM_F_REQUEST | NLM_F_ACK`.
@@ -338,9 +347,15 @@ pub fn build_get(buf: &mut Vec<u8>, seq: u32, orig: &Tuple) {
 /// The tuple is what makes this a single delete: the same message without a tuple is a
 /// flush of the whole table (`ctnetlink_del_conntrack`), so this is the only builder for it.
 pub fn build_delete(buf: &mut Vec<u8>, seq: u32, orig: &Tuple) {
-    begin(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq);
+    buf.clear();
+    append_delete(buf, seq, NLM_F_ACK, orig);
+}
+
+/// [`build_delete`] appended to `buf`, with `extra` flags (see [`append_create`]).
+pub fn append_delete(buf: &mut Vec<u8>, seq: u32, extra: u16, orig: &Tuple) {
+    let at = begin(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | extra, seq);
     put_tuple(buf, CTA_TUPLE_ORIG, orig);
-    finish(buf);
+    finish(buf, at);
 }
 
 /// `IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`, family `AF_INET`, `CTA_MARK` + `CTA_MARK_MASK`: the
@@ -348,14 +363,17 @@ pub fn build_delete(buf: &mut Vec<u8>, seq: u32, orig: &Tuple) {
 /// (`ctnetlink_filter_match`). The kernel compares against the value as sent, so it is masked
 /// here: bits of `mark` outside `mask` would otherwise make the dump match nothing.
 pub fn build_dump(buf: &mut Vec<u8>, seq: u32, mark: u32, mask: u32) {
-    begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    buf.clear();
+    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq);
     put_attr(buf, CTA_MARK, &(mark & mask).to_be_bytes());
     put_attr(buf, CTA_MARK_MASK, &mask.to_be_bytes());
-    finish(buf);
+    finish(buf, at);
 }
 
-fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32) {
-    buf.clear();
+/// Starts a message at the end of `buf`; returns where it starts, for [`finish`]. Messages
+/// are 4-byte aligned (NLMSG_ALIGN), and every builder ends on such a boundary.
+fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32) -> usize {
+    let at = buf.len();
     buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, set by finish()
     buf.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | op).to_ne_bytes());
     buf.extend_from_slice(&flags.to_ne_bytes());
@@ -364,12 +382,13 @@ fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32) {
 
     // struct nfgenmsg: family, version, res_id (big-endian, unused by ctnetlink).
     buf.extend_from_slice(&[AF_INET, NFNETLINK_V0, 0, 0]);
+    at
 }
 
-fn finish(buf: &mut [u8]) {
+fn finish(buf: &mut [u8], at: usize) {
     // A ctnetlink request is a few hundred bytes: far from u32::MAX.
-    let len = buf.len() as u32;
-    buf[..4].copy_from_slice(&len.to_ne_bytes());
+    let len = (buf.len() - at) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
 }
 
 fn put_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
@@ -906,7 +925,13 @@ fn kernel_error(op: Op, errno: i32) -> CtError {
 pub struct CtEvents {
     sock: mnl::Socket,
     rx: RecvBuf,
+    batch: super::mmsg::RecvBatch,
 }
+
+/// Events read per [`CtEvents::recv_many`] call at most, and the room for one: an event is a
+/// few hundred bytes (tuples, status, timeout, protoinfo, mark, id; counters on DESTROY).
+const EVENT_BATCH: usize = 64;
+const EVENT_SLOT: usize = 2048;
 
 impl CtEvents {
     /// Subscribes to the given kinds with a [`DEFAULT_EVENT_RCVBUF`] receive buffer.
@@ -933,7 +958,7 @@ impl CtEvents {
         sock.bind(groups, mnl::mnl_sys::MNL_SOCKET_AUTOPID).map_err(|source| {
             CtError::Configure { what: "binding to the conntrack event groups", source }
         })?;
-        Ok(CtEvents { sock, rx: RecvBuf::new(RX_BUF_BYTES) })
+        Ok(CtEvents { sock, rx: RecvBuf::new(RX_BUF_BYTES), batch: super::mmsg::RecvBatch::new(EVENT_BATCH, EVENT_SLOT) })
     }
 
     /// Waits for the next datagram (unless non-blocking) and appends its IPv4 events to `out`.
@@ -961,6 +986,31 @@ impl CtEvents {
             }
         }
         Ok(())
+    }
+
+    /// [`CtEvents::recv`] for every datagram already waiting, up to 64, in one `recvmmsg`:
+    /// waits for the first unless `nonblocking`. Returns how many datagrams were read (0: none
+    /// waiting). Errors as for [`CtEvents::recv`]; events read before a malformed one are kept.
+    pub fn recv_many(&mut self, out: &mut Vec<CtEvent>, nonblocking: bool) -> Result<usize, CtError> {
+        let n = match self.batch.recv(self.sock.as_raw_fd(), nonblocking) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(CtError::EventsLost),
+            Err(source) => return Err(CtError::Recv { op: Op::Events, source }),
+        };
+        for data in self.batch.datagrams() {
+            for m in NlMsgs::new(data) {
+                let m = m?;
+                if ct_msg_op(m.ty).is_none() {
+                    continue; // NLMSG_NOOP and the like
+                }
+                match event_from_msg(&m) {
+                    Ok(ev) => out.push(ev),
+                    Err(CtError::NotIpv4(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Switches the socket between blocking and non-blocking (recv then fails with

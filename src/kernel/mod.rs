@@ -2,6 +2,7 @@
 //! Each file owns one kernel interface and returns typed errors naming the failed operation.
 
 pub mod conntrack;
+pub mod mmsg;
 pub mod nfqueue;
 pub mod nftables;
 pub mod sysctl;

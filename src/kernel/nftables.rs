@@ -325,6 +325,10 @@ enum Expr {
         dreg: u32,
         data: Vec<u8>,
     },
+    /// `immediate reg 0 CODE`: a verdict (NF_DROP = 0, ...).
+    Verdict {
+        code: u32,
+    },
     /// `nat dnat ip addr_min reg 1 proto_min reg 2`; `flags` as the kernel reports them
     /// (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED, set from the registers given:
     /// nft_nat.c `nft_nat_init`).
@@ -346,7 +350,7 @@ impl Expr {
             Expr::Target { .. } => c"target",
             Expr::Masq => c"masq",
             Expr::Numgen { .. } => c"numgen",
-            Expr::Immediate { .. } => c"immediate",
+            Expr::Immediate { .. } | Expr::Verdict { .. } => c"immediate",
             Expr::DnatTo { .. } => c"nat",
         }
     }
@@ -417,7 +421,10 @@ fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
             kind: ChainKind::Nat,
             hook: Hook::PreRouting,
             priority: PRIO_DSTNAT,
-            rules: std::iter::once(ct_new_rule()).chain(rs.fallback.iter().flat_map(fallback_rules)).collect(),
+            rules: std::iter::once(ct_new_rule())
+                .chain(rs.fallback.iter().flat_map(fallback_rules))
+                .chain(rs.diverts.iter().map(guard_rule))
+                .collect(),
         },
         ChainSpec {
             name: NAT_POST,
@@ -432,6 +439,14 @@ fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
 /// `ip daddr VIP tcp dport PORT tcp flags syn / fin,syn,rst,ack counter queue ...`, in the
 /// order nft 1.0.6 emits it (captured with `nft --debug=netlink add rule ...`).
 fn divert_rule(d: &Divert, queue: &QueueSpec, q: QueueImpl) -> Vec<Expr> {
+    let mut r = divert_rule_match(d);
+    r.push(Expr::Counter);
+    r.push(queue_expr(queue, q));
+    r
+}
+
+/// `ip daddr VIP tcp dport PORT tcp flags syn / fin,syn,rst,ack`.
+fn divert_rule_match(d: &Divert) -> Vec<Expr> {
     // Only TCP reaches here (Ruleset::validate); the SYN match below is what limits the rule
     // to new connections.
     debug_assert_eq!(d.proto, Protocol::Tcp);
@@ -445,9 +460,16 @@ fn divert_rule(d: &Divert, queue: &QueueSpec, q: QueueImpl) -> Vec<Expr> {
         Expr::transport(13, 1),
         Expr::and(&[TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK]),
         Expr::eq(&[TCP_SYN]),
-        Expr::Counter,
-        queue_expr(queue, q),
     ]
+}
+
+/// `ip daddr VIP tcp dport PORT tcp flags syn / fin,syn,rst,ack counter drop` in `nat_pre`
+/// (see [`crate::ruleset`]): a SYN that reaches it got no entry from the daemon.
+fn guard_rule(d: &Divert) -> Vec<Expr> {
+    let mut r = divert_rule_match(d);
+    r.push(Expr::Counter);
+    r.push(Expr::Verdict { code: libc::NF_DROP as u32 });
+    r
 }
 
 fn queue_expr(queue: &QueueSpec, q: QueueImpl) -> Expr {
@@ -595,6 +617,10 @@ impl Expression for Expr {
                 Expr::Immediate { dreg, data } => {
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_IMM_DREG as u16, *dreg);
                     set_bytes(e, sys::NFTNL_EXPR_IMM_DATA, data);
+                }
+                Expr::Verdict { code } => {
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_IMM_DREG as u16, libc::NFT_REG_VERDICT as u32);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_IMM_VERDICT as u16, *code);
                 }
                 Expr::DnatTo { flags } => {
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_TYPE as u16, libc::NFT_NAT_DNAT as u32);
@@ -1234,6 +1260,9 @@ unsafe fn read_expr(e: *mut sys::nftnl_expr) -> SeenExpr {
             "numgen" if u32_of(sys::NFTNL_EXPR_NG_TYPE) == NFT_NG_INCREMENTAL && u32_of(sys::NFTNL_EXPR_NG_OFFSET) == 0 => {
                 Expr::Numgen { modulus: u32_of(sys::NFTNL_EXPR_NG_MODULUS) }
             }
+            "immediate" if u32_of(sys::NFTNL_EXPR_IMM_DREG) == libc::NFT_REG_VERDICT as u32 => {
+                Expr::Verdict { code: u32_of(sys::NFTNL_EXPR_IMM_VERDICT) }
+            }
             "immediate" => {
                 Expr::Immediate { dreg: u32_of(sys::NFTNL_EXPR_IMM_DREG), data: bytes_of(sys::NFTNL_EXPR_IMM_DATA) }
             }
@@ -1378,14 +1407,19 @@ mod tests {
         let spec = table_spec(&lab(QueueSpec::single(0)), QueueImpl::Native);
         assert_eq!((spec[1].kind, spec[1].hook, spec[1].priority), (ChainKind::Nat, Hook::PreRouting, -100));
         assert_eq!(
-            spec[1].rules,
-            vec![vec![
+            spec[1].rules[0],
+            vec![
                 Expr::Ct { key: 0 },
                 Expr::Bitwise { mask: 8u32.to_ne_bytes().to_vec(), xor: vec![0; 4] },
                 Expr::Cmp { op: 1, data: vec![0; 4] },
                 Expr::Counter,
-            ]]
+            ]
         );
+        // Then the guard: the divert's match, `counter`, `[ immediate reg 0 drop ]`.
+        assert_eq!(spec[1].rules.len(), 2);
+        let guard = &spec[1].rules[1];
+        assert_eq!(guard[..guard.len() - 2], spec[0].rules[0][..guard.len() - 2]);
+        assert_eq!(guard[guard.len() - 2..], [Expr::Counter, Expr::Verdict { code: 0 }]);
     }
 
     /// nft 1.0.6 for `ip saddr X masquerade`, X = 192.168.226.0/24, 10.16.0.0/12, 10.1.2.3,
