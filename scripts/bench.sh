@@ -38,7 +38,8 @@
 # them the churn):
 #   ROUNDS [3]  DURATION [5] seconds per wrk run  CONCS ["1 8 64"]  KA_CONC [64]
 #   LAT_N [2000] connects per latency probe  IPERF_SECS [5]  FILL_CONNS [100000]  FILL_CONC [128]
-#   CONTENDERS ["kernel haproxy nfvs nfvs-info"] (nfvs-info: the default per-connection info log)
+#   CONTENDERS ["kernel haproxy nfvs nfvs-pin nfvs-info"] (nfvs-pin: --queues $(nproc)
+#   --pin-workers, a worker per CPU on that CPU; nfvs-info: the default per-connection info log)
 #   SCHED_MS [100] ms per sched_bench cell (0 skips it)  BENCH_PREFIX [bench] lab prefix
 #   CHURN_SECS [600] (0 skips the churn)  CHURN_RATE [850] new connections/s (0: as fast as
 #   CHURN_CONC allows; keep CHURN_RATE * 150 well under the director's nf_conntrack_max, and
@@ -58,7 +59,7 @@ LAT_N=${LAT_N:-2000}
 IPERF_SECS=${IPERF_SECS:-5}
 FILL_CONNS=${FILL_CONNS:-100000}
 FILL_CONC=${FILL_CONC:-128}
-CONTENDERS=${CONTENDERS:-"kernel haproxy nfvs nfvs-info"}
+CONTENDERS=${CONTENDERS:-"kernel haproxy nfvs nfvs-pin nfvs-info"}
 SCHED_MS=${SCHED_MS:-100}
 CHURN_SECS=${CHURN_SECS:-600}
 CHURN_RATE=${CHURN_RATE:-850}
@@ -97,7 +98,7 @@ done
 phase() { [[ " $ONLY " == *" $1 "* ]]; }
 for c in $CONCS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONCS: '$c' is not a concurrency"; done
 for c in $CONTENDERS; do
-    case $c in kernel | haproxy | nfvs | nfvs-info) ;; *) die "unknown contender '$c' (kernel haproxy nfvs nfvs-info)" ;; esac
+    case $c in kernel | haproxy | nfvs | nfvs-pin | nfvs-info) ;; *) die "unknown contender '$c' (kernel haproxy nfvs nfvs-pin nfvs-info)" ;; esac
 done
 [[ $(id -u) == 0 ]] || die "must run as root: the lab uses network namespaces (try: sudo $0)"
 if [[ -d $HOME/.cargo/bin && :$PATH: != *:$HOME/.cargo/bin:* ]]; then
@@ -213,14 +214,15 @@ stop_haproxy() {
 }
 
 NFVS_LOG=
-start_nfvs() {
+start_nfvs() { # LEVEL [extra nfvs run arguments]
     local level=$1
+    shift
     NFVS_LOG=$LOGS/$CUR-r$ROUND.log
     [[ $ROUND == rss || $ROUND == churn ]] && NFVS_LOG=$LOGS/nfvs-$ROUND.log
     mkdir -p "$RUN/state"
     # `ip netns exec` and `env` exec in place: $! is nfvs itself.
     ip netns exec "$DIR_NS" env RUST_LOG="$level" "$NFVS" run --rules scripts/bench/bench.rules --masquerade "$RS_NET" \
-        --state-dir "$RUN/state" --control "$RUN/control.sock" --drain-timeout 0 >"$NFVS_LOG" 2>&1 &
+        --state-dir "$RUN/state" --control "$RUN/control.sock" --drain-timeout 0 "$@" >"$NFVS_LOG" 2>&1 &
     CUR_PID=$!
     PIDS+=("$CUR_PID")
     # At RUST_LOG=warn there is no "ready" line: the table appears last in start-up.
@@ -270,6 +272,7 @@ start_contender() {
         kernel) start_kernel ;;
         haproxy) start_haproxy ;;
         nfvs) start_nfvs warn ;;
+        nfvs-pin) start_nfvs warn --queues "$(nproc)" --pin-workers ;;
         nfvs-info) start_nfvs info ;;
     esac
 }
@@ -277,7 +280,7 @@ stop_contender() {
     case $1 in
         kernel) stop_kernel ;;
         haproxy) stop_haproxy ;;
-        nfvs | nfvs-info) stop_nfvs ;;
+        nfvs | nfvs-pin | nfvs-info) stop_nfvs ;;
     esac
     CUR=
     CUR_PID=

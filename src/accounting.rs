@@ -9,10 +9,16 @@
 //! DESTROY removes the connection. An entry nfvs creates starts in conntrack's NONE state and
 //! moves to SYN_SENT when the accepted SYN passes, so NONE (a SYN in flight) counts active.
 //!
-//! Events carry the entry's conntrack id. When a client reuses a source port, nfvs deletes the
-//! old entry and creates a new one for the same tuple; the old entry's late events (its
-//! DESTROY above all) must not touch the new connection, so each connection remembers its own
-//! id (learnt from its NEW event) and the id of the entry it replaced.
+//! When a client reuses a source port, nfvs deletes the old entry and creates a new one for
+//! the same tuple; the old entry's late events (its DESTROY above all) must not touch the new
+//! connection — nor the one after it: a client that reuses its port at once may open several
+//! connections before the event thread has read the events of the first. Conntrack ids cannot
+//! tell these generations apart: an id is a hash of the entry's address and tuple
+//! (`nf_ct_get_id`), and a new entry for the same tuple often gets the freed one's memory, so
+//! consecutive generations can share an id (seen on this kernel). Order can: the old entry is
+//! deleted (or had expired) before the new one exists, so all of its events, DESTROY last,
+//! come before any of the new one's. Each connection counts the older generations whose
+//! DESTROY is still due and ignores events until they have come.
 //!
 //! Pure logic: the daemon feeds it events and dumps, and it edits the counters of the
 //! [`Table`]'s destinations, keeping the threshold (OVERLOAD) flags up to date.
@@ -41,14 +47,15 @@ struct Conn {
     svc: ServiceKey,
     dest: DestId,
     active: bool,
-    /// The conntrack id of this connection's entry, once an event or dump told it. Ids are
-    /// kept as NonZeroU32 (4 bytes instead of 8; an id of 0, one hash value in 2^32, is
-    /// treated as unknown): this map holds every tracked connection, TIME_WAIT ones included,
-    /// and its size is most of the daemon's memory (issue 5: under 50 MB with 100,000).
+    /// The conntrack id of this connection's entry, once an event or dump told it (to match
+    /// dumped entries when sampling traffic). Ids are kept as NonZeroU32 (4 bytes instead of
+    /// 8; an id of 0, one hash value in 2^32, is treated as unknown): this map holds every
+    /// tracked connection, TIME_WAIT ones included, and its size is most of the daemon's
+    /// memory (issue 5: under 50 MB with 100,000).
     id: Option<NonZeroU32>,
-    /// The id of the entry this connection replaced (a reused source port): its events are
-    /// ignored.
-    replaced: Option<NonZeroU32>,
+    /// Older entries of this tuple whose events (up to and including their DESTROY) are still
+    /// to come: until they have, events for the tuple are theirs.
+    pending: u16,
     /// Packet/byte counters already accounted to the statistics.
     sampled: Traffic,
     /// The persistence template controlling the connection.
@@ -120,20 +127,17 @@ impl Conns {
     }
 
     /// A connection nfvs just scheduled and created: active at once, as IPVS counts it.
-    /// `replaced` is the id of an old entry of the same tuple that nfvs deleted first.
-    pub fn scheduled(
-        &mut self,
-        table: &mut Table,
-        orig: Tuple,
-        svc: ServiceKey,
-        dest: DestId,
-        replaced: Option<u32>,
-        template: Option<TemplateId>,
-    ) {
-        let c = Conn { svc, dest, active: true, id: None, replaced: nz(replaced), sampled: Traffic::default(), template };
-        if let Some(old) = self.map.insert(orig, c) {
+    ///
+    /// A connection still tracked for the tuple is a finished one whose entry nfvs deleted
+    /// just now (a reused source port) or that expired and whose DESTROY is not read yet: one
+    /// more DESTROY to wait for, besides the ones it was waiting for itself.
+    pub fn scheduled(&mut self, table: &mut Table, orig: Tuple, svc: ServiceKey, dest: DestId, template: Option<TemplateId>) {
+        let mut c = Conn { svc, dest, active: true, id: None, pending: 0, sampled: Traffic::default(), template };
+        if let Some(old) = self.map.get(&orig).copied() {
+            c.pending = old.pending.saturating_add(1);
             unbind(table, &old);
         }
+        self.map.insert(orig, c);
         bind(table, &c);
     }
 
@@ -144,8 +148,8 @@ impl Conns {
         let active = e.orig.proto == 6 && is_active(e.tcp_state);
         let eid = nz(e.id);
         if let Some(c) = self.map.get_mut(&e.orig) {
-            if eid.is_some() && eid == c.replaced {
-                return;
+            if c.pending > 0 {
+                return; // an older generation's
             }
             if c.id.is_none() {
                 c.id = eid;
@@ -167,7 +171,7 @@ impl Conns {
         let Some(i) = s.dest_index(e.reply.src, e.reply.sport) else { return };
         let req = Request { caddr: e.orig.src, cport: e.orig.sport, daddr: e.orig.dst, dport: e.orig.dport, now };
         let template = s.restore(&req, i);
-        let c = Conn { svc, dest: s.dests[i].id, active, id: eid, replaced: None, sampled: traffic(e).into(), template };
+        let c = Conn { svc, dest: s.dests[i].id, active, id: eid, pending: 0, sampled: traffic(e).into(), template };
         self.map.insert(e.orig, c);
         bind(table, &c);
     }
@@ -176,12 +180,10 @@ impl Conns {
     /// accounted. `now` is the daemon's clock, for the persistence template it releases.
     pub fn destroyed(&mut self, table: &mut Table, e: &CtEntry, now: Duration) -> Option<Delta> {
         let c = self.map.get_mut(&e.orig)?;
-        let eid = nz(e.id);
-        if eid.is_some() && eid == c.replaced {
-            c.replaced = None;
-            return None;
-        }
-        if c.id.is_some() && eid.is_some() && c.id != eid {
+        if c.pending > 0 {
+            // The end of an older generation (its traffic went with the connection that
+            // replaced it in this map, unaccounted since its last sample).
+            c.pending -= 1;
             return None;
         }
         let c = self.map.remove(&e.orig)?;
@@ -197,8 +199,9 @@ impl Conns {
         let mut out = Vec::new();
         for e in entries {
             let Some(c) = self.map.get_mut(&e.orig) else { continue };
-            let eid = nz(e.id);
-            if eid.is_some() && (eid == c.replaced || (c.id.is_some() && c.id != eid)) {
+            // A dump taken before the tuple's latest connection replaced an older one would
+            // show the older entry: sample only a connection whose own entry it must be.
+            if c.pending > 0 || (c.id.is_some() && c.id != nz(e.id)) {
                 continue;
             }
             let now = traffic(e);
@@ -246,11 +249,11 @@ impl Conns {
         self.map.get(orig).is_some_and(|c| c.active)
     }
 
-    /// If nfvs tracks a connection for `orig` that has finished (FIN/RST seen: TIME_WAIT,
-    /// CLOSE, ...), the conntrack id of its entry (None if no event told it yet), else None.
-    /// A SYN for such a tuple is a reused source port (design.md fact 6).
-    pub fn finished(&self, orig: &Tuple) -> Option<Option<u32>> {
-        self.map.get(orig).filter(|c| !c.active).map(|c| c.id.map(NonZeroU32::get))
+    /// Whether nfvs tracks a connection for `orig` that has finished (FIN/RST seen:
+    /// TIME_WAIT, CLOSE, ...). A SYN for such a tuple is a reused source port (design.md fact
+    /// 6): its entry must be deleted before the new one is created.
+    pub fn finished(&self, orig: &Tuple) -> bool {
+        self.map.get(orig).is_some_and(|c| !c.active)
     }
 
     /// Tuples of up to `limit` active connections (for traffic sampling).
@@ -354,7 +357,7 @@ mod tests {
         let svc = t.services()[0].key();
         let d131 = t.services()[0].dests[0].id;
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(1000), svc, d131, None, None);
+        c.scheduled(&mut t, tuple(1000), svc, d131, None);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
         // Our entry's NEW event (state NONE) and the handshake change nothing.
         c.seen(&mut t, &entry(1000, 131, TcpState::None, 9, 0), Duration::ZERO);
@@ -421,10 +424,10 @@ mod tests {
         let svc = t.services()[0].key();
         let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(7), svc, a, None, None);
+        c.scheduled(&mut t, tuple(7), svc, a, None);
         c.seen(&mut t, &entry(7, 131, TcpState::TimeWait, 70, 3), Duration::ZERO);
         // The client reuses port 7: nfvs deletes entry 70 and creates a new one on .130.
-        c.scheduled(&mut t, tuple(7), svc, b, Some(70), None);
+        c.scheduled(&mut t, tuple(7), svc, b, None);
         assert_eq!(counts(&t), [(0, 0), (1, 0)]);
         // Late events of entry 70 (its DESTROY from the delete) do not touch the new one.
         c.seen(&mut t, &entry(7, 131, TcpState::Close, 70, 3), Duration::ZERO);
@@ -441,14 +444,14 @@ mod tests {
         let svc = t.services()[0].key();
         let a = t.services()[0].dests[0].id;
         let mut c = Conns::new();
-        assert_eq!(c.finished(&tuple(5)), None, "unknown tuple");
-        c.scheduled(&mut t, tuple(5), svc, a, None, None);
-        assert_eq!(c.finished(&tuple(5)), None, "a SYN in flight is not finished");
+        assert!(!c.finished(&tuple(5)), "unknown tuple");
+        c.scheduled(&mut t, tuple(5), svc, a, None);
+        assert!(!c.finished(&tuple(5)), "a SYN in flight is not finished");
         assert!(c.live(&tuple(5)), "a SYN for it now is a retransmission");
         c.seen(&mut t, &entry(5, 131, TcpState::Established, 50, 1), Duration::ZERO);
-        assert_eq!(c.finished(&tuple(5)), None, "established is live");
+        assert!(!c.finished(&tuple(5)), "established is live");
         c.seen(&mut t, &entry(5, 131, TcpState::TimeWait, 50, 2), Duration::ZERO);
-        assert_eq!(c.finished(&tuple(5)), Some(Some(50)));
+        assert!(c.finished(&tuple(5)));
         assert!(!c.live(&tuple(5)));
     }
 
@@ -458,7 +461,7 @@ mod tests {
         let svc = t.services()[0].key();
         let a = t.services()[0].dests[0].id;
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(9), svc, a, None, None);
+        c.scheduled(&mut t, tuple(9), svc, a, None);
         c.seen(&mut t, &entry(9, 131, TcpState::Established, 90, 1), Duration::ZERO);
         let d = c.sample(&[entry(9, 131, TcpState::Established, 90, 4)]);
         assert_eq!(d[0].counters.inpkts, 4);
@@ -473,7 +476,7 @@ mod tests {
         let svc = t.services()[0].key();
         let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(7), svc, a, None, None);
+        c.scheduled(&mut t, tuple(7), svc, a, None);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
         // Another server's connection for the tuple: not this one.
         assert!(!c.cancel(&mut t, &tuple(7), b, Duration::ZERO));
@@ -481,7 +484,7 @@ mod tests {
         assert_eq!(counts(&t), [(0, 0), (0, 0)]);
         assert!(c.is_empty());
         // Once an event told its entry id, the entry exists: a late failure is not its own.
-        c.scheduled(&mut t, tuple(8), svc, a, None, None);
+        c.scheduled(&mut t, tuple(8), svc, a, None);
         c.seen(&mut t, &entry(8, 131, TcpState::SynSent, 80, 1), Duration::ZERO);
         assert!(!c.cancel(&mut t, &tuple(8), a, Duration::ZERO));
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
@@ -492,5 +495,35 @@ mod tests {
     #[test]
     fn entries_stay_small() {
         assert!(std::mem::size_of::<(Tuple, Conn)>() <= 96, "{}", std::mem::size_of::<(Tuple, Conn)>());
+    }
+
+    /// A client reusing its port at once: the event thread may read the events of entry k-1
+    /// (deleted when connection k was made) only after connection k+1 exists, and entries of
+    /// one tuple can share an id (`nf_ct_get_id` hashes the entry's address, which a new
+    /// entry often reuses). Only the order tells them apart.
+    #[test]
+    fn late_events_of_older_generations_are_ignored_even_with_equal_ids() {
+        let mut t = parse_rules(LAB, "t").unwrap();
+        let svc = t.services()[0].key();
+        let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
+        let mut c = Conns::new();
+        c.scheduled(&mut t, tuple(7), svc, a, None);
+        c.scheduled(&mut t, tuple(7), svc, b, None);
+        c.scheduled(&mut t, tuple(7), svc, a, None);
+        assert_eq!(counts(&t), [(1, 0), (0, 0)]);
+        // Generation 1's and 2's FIN states and DESTROYs, all with id 70, read only now.
+        for rs in [131, 130] {
+            c.seen(&mut t, &entry(7, rs, TcpState::FinWait, 70, 3), Duration::ZERO);
+            c.seen(&mut t, &entry(7, rs, TcpState::TimeWait, 70, 3), Duration::ZERO);
+            assert!(c.destroyed(&mut t, &entry(7, rs, TcpState::TimeWait, 70, 3), Duration::ZERO).is_none());
+            assert_eq!(counts(&t), [(1, 0), (0, 0)]);
+            assert!(c.live(&tuple(7)));
+        }
+        // Generation 3's own events count, whatever its id.
+        c.seen(&mut t, &entry(7, 131, TcpState::FinWait, 70, 5), Duration::ZERO);
+        assert_eq!(counts(&t), [(0, 1), (0, 0)]);
+        assert!(c.destroyed(&mut t, &entry(7, 131, TcpState::TimeWait, 70, 6), Duration::ZERO).is_some());
+        assert_eq!(counts(&t), [(0, 0), (0, 0)]);
+        assert!(c.is_empty());
     }
 }

@@ -58,6 +58,10 @@ pub struct NetArgs {
     /// scheduler, no counters), so nothing is refused even while nfvs restarts.
     #[arg(long, value_enum, default_value_t = OverloadArg::Drop)]
     pub overload: OverloadArg,
+    /// Conntrack mark put on the entries nfvs creates (to find them in dumps and events, and
+    /// in the `events` chain's rules). Change it where a firewall uses ct marks itself.
+    #[arg(long, value_name = "MARK", default_value = "0x6e667673", value_parser = parse_u32)]
+    pub ct_mark: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,9 +90,6 @@ pub enum Command {
         /// Where the sysctl values nfvs replaced are kept until its clean stop.
         #[arg(long, value_name = "DIR", default_value = crate::kernel::sysctl::STATE_DIR)]
         state_dir: PathBuf,
-        /// Conntrack mark put on the entries nfvs creates (to find them in dumps and events).
-        #[arg(long, value_name = "MARK", default_value = "0x6e667673", value_parser = parse_u32)]
-        ct_mark: u32,
         /// On SIGTERM/SIGINT, stop balancing new connections at once but wait up to this many
         /// seconds for running ones to finish before removing the table and restoring the
         /// sysctls (which cuts whatever still runs). 0 stops at once. A second signal stops at
@@ -108,6 +109,11 @@ pub enum Command {
         /// decisions, O(1) per pick; worth it from a few hundred real servers per service.
         #[arg(long)]
         sched_index: bool,
+        /// Pin each queue's worker thread to the CPUs whose SYNs the queue fanout sends it
+        /// (CPU c feeds queue c mod COUNT), so a SYN is handled on the CPU it arrived on: no
+        /// cross-CPU wakeup per connection. Use with --queues set to the number of CPUs.
+        #[arg(long)]
+        pin_workers: bool,
     },
     /// Print the nftables table `run` would install, as `nft -f` text.
     Rules {

@@ -63,6 +63,8 @@ pub struct RunOptions {
     /// Deleting a real server deletes its connections at once (IPVS's expire_nodest_conn)
     /// instead of letting them finish.
     pub expire_nodest: bool,
+    /// Pin each queue's worker to the CPUs the queue fanout feeds it from.
+    pub pin_workers: bool,
     /// Director-wide scheduler settings (overhead formula, seed, incremental mode).
     pub sched: crate::sched::SchedOptions,
 }
@@ -82,7 +84,14 @@ pub enum Overload {
 }
 
 /// The wanted ruleset for a table of services.
-pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16, queues: u16, overload: Overload) -> Ruleset {
+pub fn ruleset_for(
+    table: &Table,
+    masquerade: &[Cidr],
+    queue: u16,
+    queues: u16,
+    overload: Overload,
+    ct_mark: u32,
+) -> Ruleset {
     let diverts = table
         .services()
         .iter()
@@ -106,7 +115,7 @@ pub fn ruleset_for(table: &Table, masquerade: &[Cidr], queue: u16, queues: u16, 
             .collect(),
     };
     let queue = QueueSpec { num: queue, total: queues, bypass: overload == Overload::Fallback, fanout: queues > 1 };
-    Ruleset { queue, diverts, masquerade: masquerade.to_vec(), fallback }
+    Ruleset { queue, diverts, masquerade: masquerade.to_vec(), fallback, events_mark: Some(ct_mark) }
 }
 
 /// Counters of what the packet loop did.
@@ -239,7 +248,7 @@ impl Shared {
     /// The ruleset for the current table.
     fn ruleset(&self, table: &Table) -> Ruleset {
         let o = &self.opts;
-        ruleset_for(table, &o.masquerade, o.queue, o.queues, o.overload)
+        ruleset_for(table, &o.masquerade, o.queue, o.queues, o.overload, o.ct_mark)
     }
 
     /// Re-installs the table when what it should hold changed (services; with the fallback,
@@ -336,7 +345,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         Some(p) => config::load_rules_with(p, opts.sched)?,
         None => Table::with_defaults(opts.sched),
     };
-    let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue, opts.queues, opts.overload);
+    let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue, opts.queues, opts.overload, opts.ct_mark);
     ruleset.validate()?;
     check_root()?;
 
@@ -378,7 +387,11 @@ fn start(
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
         let (go_tx, go_rx) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
         let cfg = qcfg(opts.queue + i);
+        let (pin, total) = (opts.pin_workers, opts.queues);
         spawn(&format!("queue-{}", cfg.num), move || {
+            if pin {
+                pin_to_queue_cpus(i, total);
+            }
             let opened = Conntrack::open()
                 .context("open ctnetlink socket")
                 .and_then(|ct| Ok((ct, Queue::open(&cfg)?)));
@@ -479,6 +492,10 @@ fn start(
         shared.opts.control.display()
     );
 
+    // Pinned last: the threads spawned above inherit the affinity of the one spawning them.
+    if shared.opts.pin_workers {
+        pin_to_queue_cpus(0, shared.opts.queues);
+    }
     worker(&shared, queue, ct);
     Ok(())
 }
@@ -492,6 +509,39 @@ fn worker(sh: &Shared, queue: Queue, ct: Conntrack) {
         drop(c);
         eprintln!("nfvs: error: queue {num}: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Pins the calling thread to the CPUs whose SYNs go to queue `i` of `total`: with the fanout
+/// flag the divert rule picks queue `first + cpu % total` (net/netfilter/xt_NFQUEUE.c
+/// `nfqueue_tg_v3`, nft_queue.c), cpu being the one the packet is processed on.
+fn pin_to_queue_cpus(i: u16, total: u16) {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data; the libc calls get its size and a pointer to it, and
+    // CPU_ISSET/CPU_SET index within CPU_SETSIZE.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut allowed) != 0 {
+            warn!("--pin-workers: sched_getaffinity: {}", std::io::Error::last_os_error());
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let mut cpus = Vec::new();
+        for c in 0..libc::CPU_SETSIZE as usize {
+            if libc::CPU_ISSET(c, &allowed) && c % usize::from(total) == usize::from(i) {
+                libc::CPU_SET(c, &mut set);
+                cpus.push(c.to_string());
+            }
+        }
+        if cpus.is_empty() {
+            warn!("--pin-workers: no CPU of this process feeds queue worker {i} of {total}; not pinned");
+            return;
+        }
+        if libc::sched_setaffinity(0, size, &set) != 0 {
+            warn!("--pin-workers: sched_setaffinity: {}", std::io::Error::last_os_error());
+            return;
+        }
+        info!("queue worker {i} of {total} pinned to CPU {}", cpus.join(","));
     }
 }
 
@@ -698,8 +748,8 @@ fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now
     // SYN or its SYN-ACK was lost): IPVS finds its connection entry and does not schedule
     // again, so neither do we; the kernel's entry takes it to the same server.
     let orig = Tuple::from(&flow);
-    // What nfvs knows of an earlier connection with this tuple: the id of a finished entry to
-    // delete first (a reused source port, design.md fact 6).
+    // Whether an earlier connection with this tuple has finished: its entry must be deleted
+    // first (a reused source port, design.md fact 6).
     let mut finished = st.conns.finished(&orig);
     if st.conns.live(&orig) {
         // Events lag the kernel by up to a batch: a client that closes and reconnects from
@@ -711,7 +761,7 @@ fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now
                 debug!("conn client={}:{} vip={}: retransmitted SYN", flow.src, flow.sport, key.vip());
                 return Verdict::Accept;
             }
-            Ok(Some(e)) => finished = Some(e.id),
+            Ok(Some(_)) => finished = true,
             Ok(None) => {}
             Err(e) => debug!("conn client={}:{}: looking up its earlier entry: {e}", flow.src, flow.sport),
         }
@@ -740,21 +790,17 @@ fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now
     // A reused source port whose old entry we know is finished (design.md fact 6): delete
     // it first, in the same sendmsg. An old entry we do not know of makes the create fail
     // with EEXIST, answered later (Worker::report_create_failure).
-    let replaced = match finished {
-        Some(old_id) => {
-            let seq = b.next_seq();
-            append_delete(&mut b.out.buf, seq, 0, &orig);
-            b.remember(seq, Sent::Delete { orig });
-            ls.reused_ports.fetch_add(1, Ordering::Relaxed);
-            ls.reused_known.fetch_add(1, Ordering::Relaxed);
-            old_id
-        }
-        None => None,
-    };
+    if finished {
+        let seq = b.next_seq();
+        append_delete(&mut b.out.buf, seq, 0, &orig);
+        b.remember(seq, Sent::Delete { orig });
+        ls.reused_ports.fetch_add(1, Ordering::Relaxed);
+        ls.reused_known.fetch_add(1, Ordering::Relaxed);
+    }
     let seq = b.next_seq();
     append_create(&mut b.out.buf, seq, 0, &mapping);
     b.remember(seq, Sent::Create { orig, svc: key, dest: dest_id, rip });
-    st.conns.scheduled(&mut st.table, orig, key, dest_id, replaced, pick.template);
+    st.conns.scheduled(&mut st.table, orig, key, dest_id, pick.template);
     st.stats.record(&key, Some(dest_id), &Counters { conns: 1, ..Counters::default() });
     ls.scheduled.fetch_add(1, Ordering::Relaxed);
     if b.log_decisions {

@@ -36,11 +36,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             control,
             expire_nodest,
             state_dir,
-            ct_mark,
             drain_timeout,
             overhead,
             sched_seed,
             sched_index,
+            pin_workers,
         } => {
             daemon::run(daemon::RunOptions {
                 rules,
@@ -49,10 +49,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 queues: net.queues,
                 state_dir,
                 control: control.unwrap_or_else(control::default_path),
-                ct_mark,
+                ct_mark: net.ct_mark,
                 overload: net.overload.into(),
                 drain_timeout: std::time::Duration::from_secs(drain_timeout),
                 expire_nodest,
+                pin_workers,
                 sched: nfvs::sched::SchedOptions {
                     overhead: overhead.into(),
                     seed: sched_seed,
@@ -64,14 +65,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rules { table } => {
             let t = config::load_rules(&table.rules)?;
-            let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue, table.net.queues, table.net.overload.into());
+            let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue, table.net.queues, table.net.overload.into(), table.net.ct_mark);
             rs.validate()?;
             print!("{}", rs.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { rules } => {
             let t = config::load_rules(&rules)?;
-            let rs = daemon::ruleset_for(&t, &[], 0, 1, daemon::Overload::Drop);
+            let rs = daemon::ruleset_for(&t, &[], 0, 1, daemon::Overload::Drop, daemon::DEFAULT_CT_MARK);
             rs.validate()?;
             print!("{}", listing::save(&t, true, &listing::PortNames::none()));
             Ok(ExitCode::SUCCESS)

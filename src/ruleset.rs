@@ -12,6 +12,14 @@
 //!   to a virtual service to NFQUEUE. Raw priority runs before conntrack (-200), so the daemon
 //!   sees the SYN before the kernel attaches its own conntrack entry; otherwise the daemon's
 //!   entry and the kernel's would clash at confirmation (design.md, "Why raw priority").
+//! - `events` (filter, prerouting, priority mangle = -150), on entries carrying nfvs's ct mark:
+//!   the connection's SYN sets the entry's conntrack event mask to `destroy`, its FIN and RST
+//!   packets to `destroy,protoinfo` (`ct event set`, net/netfilter/nft_ct.c
+//!   NFT_CT_EVENTMASK). The daemon counts a connection active from its creation until it
+//!   leaves the pre-established and established states, which only a FIN or RST does (or its
+//!   end: DESTROY), so the kernel builds and sends only the events that can change a count:
+//!   two or three per connection instead of seven or more, the largest per-connection cost
+//!   left after the queue itself.
 //! - `nat_pre` (nat, prerouting, priority dstnat = -100): one `ct state new counter` rule.
 //!   NAT hooks register only while a nat base chain exists, and conntrack does not even run in
 //!   a fresh namespace until some rule references it (design.md fact 2); this chain does both.
@@ -39,6 +47,7 @@ pub const TABLE: &str = "nfvs";
 
 /// The chains of [`TABLE`], in the order they are created and listed.
 pub const CHAIN_DIVERT: &str = "divert";
+pub const CHAIN_EVENTS: &str = "events";
 pub const CHAIN_NAT_PRE: &str = "nat_pre";
 pub const CHAIN_NAT_POST: &str = "nat_post";
 
@@ -260,6 +269,8 @@ pub struct Ruleset {
     /// Kernel-only balancing for SYNs the daemon does not see (empty: they are dropped).
     pub fallback: Vec<FallbackRule>,
     pub masquerade: Vec<Cidr>,
+    /// The ct mark of nfvs's entries, for the `events` chain; `None`: no such chain.
+    pub events_mark: Option<u32>,
 }
 
 impl Ruleset {
@@ -305,6 +316,15 @@ impl Ruleset {
         }
         writeln!(out, "\t}}")?;
         writeln!(out)?;
+
+        if let Some(mark) = self.events_mark {
+            writeln!(out, "\tchain {CHAIN_EVENTS} {{")?;
+            writeln!(out, "\t\ttype filter hook prerouting priority mangle; policy accept;")?;
+            writeln!(out, "\t\ttcp flags syn / fin,syn,rst,ack ct mark {mark:#010x} ct event set destroy")?;
+            writeln!(out, "\t\ttcp flags fin,rst ct mark {mark:#010x} ct event set destroy,protoinfo")?;
+            writeln!(out, "\t}}")?;
+            writeln!(out)?;
+        }
 
         writeln!(out, "\tchain {CHAIN_NAT_PRE} {{")?;
         writeln!(out, "\t\ttype nat hook prerouting priority dstnat; policy accept;")?;
@@ -380,6 +400,7 @@ mod tests {
             diverts: vec![Divert::new(Protocol::Tcp, Ipv4Addr::new(192, 168, 199, 200), 80).unwrap()],
             masquerade: vec![cidr("192.168.226.0/24")],
             fallback: vec![],
+            events_mark: Some(0x6e66_7673),
         }
     }
 
@@ -509,6 +530,12 @@ table ip nfvs {
 \t\tip daddr 192.168.199.200 tcp dport 80 tcp flags syn / fin,syn,rst,ack counter queue num 0
 \t}
 
+\tchain events {
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\ttcp flags syn / fin,syn,rst,ack ct mark 0x6e667673 ct event set destroy
+\t\ttcp flags fin,rst ct mark 0x6e667673 ct event set destroy,protoinfo
+\t}
+
 \tchain nat_pre {
 \t\ttype nat hook prerouting priority dstnat; policy accept;
 \t\tct state new counter
@@ -544,6 +571,7 @@ table ip nfvs {
             ],
             masquerade: vec![cidr("10.1.2.3"), cidr("0.0.0.0/0")],
             fallback: vec![],
+            events_mark: None,
         };
         let text = rs.render();
         assert!(text.contains(
@@ -552,7 +580,8 @@ table ip nfvs {
         ));
         assert!(text.contains("\t\tip saddr 10.1.2.3 masquerade\n\t\tip saddr 0.0.0.0/0 masquerade\n"));
 
-        let empty = Ruleset { queue: QueueSpec::single(0), diverts: vec![], masquerade: vec![], fallback: vec![] };
+        let empty =
+            Ruleset { queue: QueueSpec::single(0), diverts: vec![], masquerade: vec![], fallback: vec![], events_mark: None };
         assert!(empty.render().contains(
             "\tchain divert {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t}\n"
         ));

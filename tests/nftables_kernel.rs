@@ -126,6 +126,7 @@ fn lab() -> Ruleset {
         diverts: vec![tcp([192, 168, 199, 200], 80)],
         masquerade: vec![cidr("192.168.226.0/24")],
         fallback: vec![],
+        events_mark: Some(0x6e66_7673),
     }
 }
 
@@ -137,6 +138,7 @@ fn busy() -> Ruleset {
         diverts: vec![tcp([10, 0, 0, 1], 443), tcp([10, 0, 0, 2], 8080), tcp([10, 0, 0, 1], 80)],
         masquerade: vec![cidr("192.168.226.0/24"), cidr("10.16.0.0/12"), cidr("10.1.2.3"), cidr("0.0.0.0/0")],
         fallback: vec![],
+        events_mark: None,
     }
 }
 
@@ -269,6 +271,7 @@ fn many_services_in_one_batch() {
         diverts: (1..=2000).map(|port| tcp([10, 0, 0, 1], port)).collect(),
         masquerade: vec![cidr("192.168.226.0/24")],
         fallback: vec![],
+        events_mark: None,
     };
     ns.run(|| nftables::apply(&rs, q)).expect("apply 2000 services");
     let listed = ns.ok(&["nft", "--stateless", "list", "table", "ip", "nfvs"]);
@@ -284,7 +287,7 @@ fn verify_catches_differences() {
     let q = ns.run(nftables::detect_queue_impl).expect("probe");
     let missing = ns.run(|| nftables::verify(&lab(), q)).unwrap_err();
     assert!(matches!(missing, NftError::Mismatch { .. }), "{missing}");
-    assert!(missing.to_string().contains("chains are [], expected [divert, nat_pre, nat_post]"), "{missing}");
+    assert!(missing.to_string().contains("chains are [], expected [divert, events, nat_pre, nat_post]"), "{missing}");
 
     ns.run(|| nftables::apply(&lab(), q)).expect("apply");
     ns.run(|| nftables::verify(&lab(), q)).expect("verify what was applied");
@@ -516,6 +519,7 @@ fn only_syns_to_vip_port_are_queued() {
         diverts: vec![tcp(VIP.octets(), PORT)],
         masquerade: vec![],
         fallback: vec![],
+        events_mark: None,
     };
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let done = AtomicBool::new(false);

@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -693,4 +694,51 @@ fn sh_fallback_moves_a_client_off_a_quiesced_server() {
     // Back to weight 1: the client's own bucket is usable again.
     adm(&lab, &["-e", "-t", &format!("{VIP}:80"), "-r", &format!("{RS2}:80"), "-m", "-w", "1"]);
     assert_eq!(get_checked(&lab, &d, None), RS2);
+}
+
+/// The `events` chain sets our entries' conntrack event mask so the kernel reports only what
+/// can change a count: nothing from the handshake (the connection is active from its creation
+/// to its first FIN or RST), then the FIN-driven states. Counts still follow: held connections
+/// are active, closed ones inactive.
+#[test]
+fn only_fin_and_later_events_are_sent_and_counts_follow() {
+    require_root();
+    let lab = Lab::up();
+    let rules = RulesFile::new(&lab, "events", &service("-s wlc", &[(RS1, 1), (RS2, 1)]));
+    let d = start_nfvs(&lab, &rules);
+    // An event listener of our own sees what the kernel sends for our entries (the event mask
+    // is per entry, not per listener).
+    let mut listener = lab
+        .command(Role::Director, "conntrack")
+        .args(["-E", "-p", "tcp", "--mark", "0x6e667673"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let held: Vec<Held> = (0..2).map(|_| hold(&lab, &d)).collect();
+    wait_counts(&lab, &d, &[(RS1, 1, 0), (RS2, 1, 0)]);
+    for _ in 0..4 {
+        get_checked(&lab, &d, None);
+    }
+    // Four finished requests (TIME_WAIT: inactive), two held handshakes (active).
+    wait_counts(&lab, &d, &[(RS1, 1, 2), (RS2, 1, 2)]);
+    for h in held {
+        close(h);
+    }
+    wait_counts(&lab, &d, &[(RS1, 0, 3), (RS2, 0, 3)]);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the listener we started.
+    unsafe { libc::kill(listener.id() as i32, libc::SIGTERM) };
+    let mut text = String::new();
+    listener.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    let _ = listener.wait();
+    let updates: Vec<&str> = text.lines().filter(|l| l.contains("[UPDATE]")).collect();
+    for state in ["SYN_SENT", "SYN_RECV", "ESTABLISHED"] {
+        let early: Vec<&&str> = updates.iter().filter(|l| l.contains(&format!(" {state} "))).collect();
+        assert!(early.is_empty(), "handshake events were sent: {early:#?}\nall events:\n{text}");
+    }
+    // At least one FIN-driven event per connection, and no more than the FIN states allow.
+    assert!(updates.len() >= 6, "{} UPDATE events for 6 connections:\n{text}", updates.len());
+    assert!(updates.len() <= 6 * 4, "{} UPDATE events for 6 connections:\n{text}", updates.len());
 }

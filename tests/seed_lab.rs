@@ -294,6 +294,46 @@ fn two_queues_share_one_scheduler() {
     assert_eq!(got, want);
 }
 
+/// `--queues 2 --pin-workers`: each worker thread is pinned to the CPUs whose SYNs the fanout
+/// sends its queue (CPU c -> queue c mod 2), and balancing is unchanged.
+#[test]
+fn pinned_workers_run_on_their_queues_cpus() {
+    require_root();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let lab = Lab::up();
+    let d = lab.nfvs().args(["--queues", "2", "--pin-workers"]).start().unwrap();
+    let got: Vec<String> = (0..6).map(|_| rs_of(&lab.client_curl_vip().unwrap())).collect();
+    let want: Vec<String> = (0..6).map(|i| if i % 2 == 0 { RS2 } else { RS1 }.to_string()).collect();
+    assert_eq!(got, want);
+    // Threads and their allowed CPUs, from /proc: the main thread works queue 0, "queue-1"
+    // queue 1; the others (events, ticker, control, signals) stay unpinned.
+    let mut pinned = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").trim().to_string();
+        pinned.insert(field("Name:"), field("Cpus_allowed_list:"));
+    }
+    let all = if cpus == 1 { "0".to_string() } else { format!("0-{}", cpus - 1) };
+    let of_queue = |q: usize| (0..cpus).filter(|c| c % 2 == q).map(|c| c.to_string()).collect::<Vec<_>>();
+    // A list like "0,2" (nproc 4) or "0" (nproc 2); compare as sets of numbers.
+    let parse = |l: &str| -> Vec<String> {
+        l.split(',')
+            .flat_map(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()).map(|c| c.to_string()).collect(),
+                None => vec![r.to_string()],
+            })
+            .collect()
+    };
+    if cpus >= 2 {
+        assert_eq!(parse(&pinned["nfvs"]), of_queue(0), "{pinned:?}");
+        assert_eq!(parse(&pinned["queue-1"]), of_queue(1), "{pinned:?}");
+        assert_eq!(pinned["ticker"], all, "{pinned:?}");
+        assert!(d.log().contains("queue worker 1 of 2 pinned to CPU"), "{}", d.log());
+    } else {
+        assert!(d.log().contains("no CPU of this process feeds queue worker 1 of 2"), "{}", d.log());
+    }
+}
+
 /// A retransmitted SYN of a connection nfvs already balanced is not scheduled again (IPVS
 /// finds its connection entry): the real server drops the first SYNs, the client retransmits,
 /// the connection completes on the server first chosen, and the rotation goes on from there.

@@ -234,12 +234,14 @@ fn probe(expr: &Expr) -> Result<(), NftError> {
 
 const TABLE: &CStr = c"nfvs";
 const DIVERT: &CStr = c"divert";
+const EVENTS: &CStr = c"events";
 const NAT_PRE: &CStr = c"nat_pre";
 const NAT_POST: &CStr = c"nat_post";
 
 /// Hook priorities, include/uapi/linux/netfilter_ipv4.h (`NF_IP_PRI_RAW`, `_NAT_DST`,
 /// `_NAT_SRC`); nft names them raw, dstnat and srcnat.
 const PRIO_RAW: i32 = -300;
+const PRIO_MANGLE: i32 = -150;
 const PRIO_DSTNAT: i32 = -100;
 const PRIO_SRCNAT: i32 = 100;
 
@@ -325,6 +327,10 @@ enum Expr {
         dreg: u32,
         data: Vec<u8>,
     },
+    /// `ct set KEY with reg 1`.
+    CtSet {
+        key: u32,
+    },
     /// `immediate reg 0 CODE`: a verdict (NF_DROP = 0, ...).
     Verdict {
         code: u32,
@@ -342,7 +348,7 @@ impl Expr {
         match self {
             Expr::Payload { .. } => c"payload",
             Expr::Meta { .. } => c"meta",
-            Expr::Ct { .. } => c"ct",
+            Expr::Ct { .. } | Expr::CtSet { .. } => c"ct",
             Expr::Bitwise { .. } => c"bitwise",
             Expr::Cmp { .. } => c"cmp",
             Expr::Counter => c"counter",
@@ -408,14 +414,23 @@ struct ChainSpec {
 
 /// The chains and rules [`apply`] installs for `rs`; see [`crate::ruleset`] for why each one.
 fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
-    vec![
-        ChainSpec {
-            name: DIVERT,
+    let mut chains = vec![ChainSpec {
+        name: DIVERT,
+        kind: ChainKind::Filter,
+        hook: Hook::PreRouting,
+        priority: PRIO_RAW,
+        rules: rs.diverts.iter().map(|d| divert_rule(d, &rs.queue, q)).collect(),
+    }];
+    if let Some(mark) = rs.events_mark {
+        chains.push(ChainSpec {
+            name: EVENTS,
             kind: ChainKind::Filter,
             hook: Hook::PreRouting,
-            priority: PRIO_RAW,
-            rules: rs.diverts.iter().map(|d| divert_rule(d, &rs.queue, q)).collect(),
-        },
+            priority: PRIO_MANGLE,
+            rules: event_mask_rules(mark),
+        });
+    }
+    chains.extend([
         ChainSpec {
             name: NAT_PRE,
             kind: ChainKind::Nat,
@@ -433,6 +448,42 @@ fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
             priority: PRIO_SRCNAT,
             rules: rs.masquerade.iter().map(masquerade_rule).collect(),
         },
+    ]);
+    chains
+}
+
+/// The `events` chain (see [`crate::ruleset`]), as nft 1.0.6 emits
+/// `tcp flags syn / fin,syn,rst,ack ct mark M ct event set destroy` and
+/// `tcp flags fin,rst ct mark M ct event set destroy,protoinfo`:
+/// ```text
+/// [ meta load l4proto => reg 1 ]  [ cmp eq reg 1 0x00000006 ]
+/// [ payload load 1b @ transport header + 13 => reg 1 ]
+/// [ bitwise reg 1 = ( reg 1 & 0x00000017 ) ^ 0x00000000 ]  [ cmp eq reg 1 0x00000002 ]
+///   (second rule: & 0x00000005, cmp neq 0)
+/// [ ct load mark => reg 1 ]  [ cmp eq reg 1 0x6e667673 ]
+/// [ immediate reg 1 0x00000004 ]  (0x00000024)  [ ct set event with reg 1 ]
+/// ```
+fn event_mask_rules(mark: u32) -> Vec<Vec<Expr>> {
+    // enum ip_conntrack_events (include/net/netfilter/nf_conntrack_ecache.h... uapi
+    // nf_conntrack_common.h): IPCT_DESTROY = 2, IPCT_PROTOINFO = 5.
+    const DESTROY: u32 = 1 << 2;
+    const PROTOINFO: u32 = 1 << 5;
+    let rule = |flags_mask: u8, op: u32, value: u8, events: u32| {
+        vec![
+            Expr::Meta { key: NFT_META_L4PROTO },
+            Expr::eq(&[Protocol::Tcp.number()]),
+            Expr::transport(13, 1),
+            Expr::and(&[flags_mask]),
+            Expr::Cmp { op, data: vec![value] },
+            Expr::Ct { key: libc::NFT_CT_MARK as u32 },
+            Expr::eq(&mark.to_ne_bytes()),
+            Expr::Immediate { dreg: libc::NFT_REG_1 as u32, data: events.to_ne_bytes().to_vec() },
+            Expr::CtSet { key: libc::NFT_CT_EVENTMASK as u32 },
+        ]
+    };
+    vec![
+        rule(TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK, NFT_CMP_EQ, TCP_SYN, DESTROY),
+        rule(TCP_FIN | TCP_RST, NFT_CMP_NEQ, 0, DESTROY | PROTOINFO),
     ]
 }
 
@@ -593,6 +644,10 @@ impl Expression for Expr {
                 Expr::Ct { key } => {
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_KEY as u16, *key);
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_DREG as u16, reg1);
+                }
+                Expr::CtSet { key } => {
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_KEY as u16, *key);
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_SREG as u16, reg1);
                 }
                 Expr::Bitwise { mask, xor } => {
                     let len = u32::try_from(mask.len()).unwrap_or(u32::MAX);
@@ -1236,6 +1291,9 @@ unsafe fn read_expr(e: *mut sys::nftnl_expr) -> SeenExpr {
                 len: u32_of(sys::NFTNL_EXPR_PAYLOAD_LEN),
             },
             "meta" => Expr::Meta { key: u32_of(sys::NFTNL_EXPR_META_KEY) },
+            "ct" if sys::nftnl_expr_is_set(e, sys::NFTNL_EXPR_CT_SREG as u16) => {
+                Expr::CtSet { key: u32_of(sys::NFTNL_EXPR_CT_KEY) }
+            }
             "ct" => Expr::Ct { key: u32_of(sys::NFTNL_EXPR_CT_KEY) },
             "bitwise" => Expr::Bitwise {
                 mask: bytes_of(sys::NFTNL_EXPR_BITWISE_MASK),
@@ -1317,6 +1375,7 @@ mod tests {
 
     fn lab(queue: QueueSpec) -> Ruleset {
         Ruleset {
+            events_mark: None,
             queue,
             diverts: vec![Divert::new(Protocol::Tcp, Ipv4Addr::new(192, 168, 199, 200), 80).unwrap()],
             masquerade: vec!["192.168.226.0/24".parse().unwrap()],
