@@ -129,7 +129,10 @@ pub struct LoopStats {
     pub no_dest: AtomicU64,
     pub not_ours: AtomicU64,
     pub malformed: AtomicU64,
+    /// Conntrack creates the kernel refused (their SYNs went on to the nat_pre guard).
     pub ct_errors: AtomicU64,
+    /// Reads from the queue sockets (one recvmmsg each, with one or more messages).
+    pub batches: AtomicU64,
     /// SYNs the kernel dropped because the queue was full (from /proc).
     pub queue_dropped: AtomicU64,
 }
@@ -642,6 +645,7 @@ impl Worker {
     fn run(&mut self, sh: &Shared) -> anyhow::Result<()> {
         loop {
             self.queue.recv(false).map_err(crate::kernel::nfqueue::QueueError::Recv)?;
+            sh.loop_stats.batches.fetch_add(1, Ordering::Relaxed);
             self.b.log_decisions = log::log_enabled!(log::Level::Info);
             {
                 let mut guard = sh.lock();
@@ -1006,12 +1010,14 @@ fn signal_loop(sh: &Shared, set: libc::sigset_t) {
         let ls = &sh.loop_stats;
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         info!(
-            "signal {sig}: stopping; this run scheduled {} connection(s) ({} on a reused source port, {} known finished), \
-             saw {} retransmitted SYN(s), refused {} (no eligible server), dropped {} on conntrack errors; \
-             the kernel dropped {} SYN(s) on a full queue; {} packet(s) were not new IPv4 TCP",
+            "signal {sig}: stopping; this run scheduled {} connection(s) ({} on a reused source port, {} known finished) \
+             in {} queue read(s), saw {} retransmitted SYN(s), refused {} (no eligible server), {} conntrack create(s) \
+             failed (their SYNs went to the guard rule); the kernel dropped {} SYN(s) on a full queue; {} packet(s) were \
+             not new IPv4 TCP",
             n(&ls.scheduled),
             n(&ls.reused_ports),
             n(&ls.reused_known),
+            n(&ls.batches),
             n(&ls.retransmits),
             n(&ls.no_dest),
             n(&ls.ct_errors),
