@@ -641,10 +641,18 @@ impl Worker {
 
     /// Per batch: read every waiting packet and failure answer (one `recvmmsg`); under one
     /// lock of the shared state, apply the failures and decide every packet, appending its
-    /// ctnetlink requests and then its verdict; send them all (one `sendmsg`); log.
+    /// ctnetlink requests and then its verdict; send them all (one `sendmsg`); log. Then read
+    /// again without waiting before going to sleep: the failures of what was just sent are
+    /// queued by now (the kernel answers while it runs the sendmsg), and a failed create must
+    /// give its count back at once, not when the next SYN happens to come.
     fn run(&mut self, sh: &Shared) -> anyhow::Result<()> {
+        let mut nonblocking = false;
         loop {
-            self.queue.recv(false).map_err(crate::kernel::nfqueue::QueueError::Recv)?;
+            let n = self.queue.recv(nonblocking).map_err(crate::kernel::nfqueue::QueueError::Recv)?;
+            nonblocking = n > 0;
+            if n == 0 {
+                continue;
+            }
             sh.loop_stats.batches.fetch_add(1, Ordering::Relaxed);
             self.b.log_decisions = log::log_enabled!(log::Level::Info);
             {

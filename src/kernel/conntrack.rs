@@ -21,6 +21,10 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::unix::io::{AsRawFd, RawFd};
 
+use super::nlmsg::{
+    self, align4, finish, nest_end, nest_start, put_attr, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN,
+    NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
+};
 use crate::nat::{CtMapping, Tuple};
 
 // ---------------------------------------------------------------------------------------------
@@ -28,25 +32,16 @@ use crate::nat::{CtMapping, Tuple};
 // are copied from include/uapi/linux/netfilter/nfnetlink_conntrack.h.
 // ---------------------------------------------------------------------------------------------
 
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
 
-const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
 const NLM_F_MULTI: u16 = libc::NLM_F_MULTI as u16;
-const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
 const NLM_F_DUMP: u16 = libc::NLM_F_DUMP as u16;
 const NLM_F_EXCL: u16 = libc::NLM_F_EXCL as u16;
 const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
 const NLMSG_NOOP: u16 = libc::NLMSG_NOOP as u16;
-const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
 const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 const NLMSG_OVERRUN: u16 = libc::NLMSG_OVERRUN as u16;
-const NLA_F_NESTED: u16 = libc::NLA_F_NESTED as u16;
-const NLA_TYPE_MASK: u16 = libc::NLA_TYPE_MASK as u16;
 
 const AF_INET: u8 = libc::AF_INET as u8;
-const NFNETLINK_V0: u8 = libc::NFNETLINK_V0 as u8;
 /// nfnetlink.h: a message type is `subsystem << 8 | operation`.
 const NFNL_SUBSYS_CTNETLINK: u16 = libc::NFNL_SUBSYS_CTNETLINK as u16;
 
@@ -370,46 +365,9 @@ pub fn build_dump(buf: &mut Vec<u8>, seq: u32, mark: u32, mask: u32) {
     finish(buf, at);
 }
 
-/// Starts a message at the end of `buf`; returns where it starts, for [`finish`]. Messages
-/// are 4-byte aligned (NLMSG_ALIGN), and every builder ends on such a boundary.
+/// Starts a ctnetlink message (family AF_INET; res_id is unused by ctnetlink).
 fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32) -> usize {
-    let at = buf.len();
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, set by finish()
-    buf.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | op).to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: 0 = to the kernel
-
-    // struct nfgenmsg: family, version, res_id (big-endian, unused by ctnetlink).
-    buf.extend_from_slice(&[AF_INET, NFNETLINK_V0, 0, 0]);
-    at
-}
-
-fn finish(buf: &mut [u8], at: usize) {
-    // A ctnetlink request is a few hundred bytes: far from u32::MAX.
-    let len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
-}
-
-fn put_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    // Payloads here are at most 4 bytes; nla_len always fits in u16.
-    let len = (NLA_HDRLEN + payload.len()) as u16;
-    buf.extend_from_slice(&len.to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(align4(buf.len()), 0); // NLA_ALIGN padding, zeroed
-}
-
-fn nest_start(buf: &mut Vec<u8>, ty: u16) -> usize {
-    let at = buf.len();
-    buf.extend_from_slice(&0u16.to_ne_bytes()); // nla_len, set by nest_end()
-    buf.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-    at
-}
-
-fn nest_end(buf: &mut [u8], at: usize) {
-    let len = (buf.len() - at) as u16;
-    buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    nlmsg::begin(buf, NFNL_SUBSYS_CTNETLINK, op, flags, seq, AF_INET, 0)
 }
 
 /// `CTA_TUPLE_* { CTA_TUPLE_IP { V4_SRC, V4_DST }, CTA_TUPLE_PROTO { NUM, SRC_PORT, DST_PORT } }`
@@ -428,9 +386,6 @@ fn put_tuple(buf: &mut Vec<u8>, ty: u16, t: &Tuple) {
     nest_end(buf, tuple);
 }
 
-const fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
 
 // ---------------------------------------------------------------------------------------------
 // Parsing (pure, panic-free): every read goes through `get`, every length is checked once.
@@ -974,18 +929,7 @@ impl CtEvents {
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(CtError::EventsLost),
             Err(source) => return Err(CtError::Recv { op: Op::Events, source }),
         };
-        for m in NlMsgs::new(self.rx.bytes().get(..n).unwrap_or(&[])) {
-            let m = m?;
-            if ct_msg_op(m.ty).is_none() {
-                continue; // NLMSG_NOOP and the like
-            }
-            match event_from_msg(&m) {
-                Ok(ev) => out.push(ev),
-                Err(CtError::NotIpv4(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        push_events(self.rx.bytes().get(..n).unwrap_or(&[]), out)
     }
 
     /// [`CtEvents::recv`] for every datagram already waiting, up to 64, in one `recvmmsg`:
@@ -998,17 +942,7 @@ impl CtEvents {
             Err(source) => return Err(CtError::Recv { op: Op::Events, source }),
         };
         for data in self.batch.datagrams() {
-            for m in NlMsgs::new(data) {
-                let m = m?;
-                if ct_msg_op(m.ty).is_none() {
-                    continue; // NLMSG_NOOP and the like
-                }
-                match event_from_msg(&m) {
-                    Ok(ev) => out.push(ev),
-                    Err(CtError::NotIpv4(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            push_events(data, out)?;
         }
         Ok(n)
     }
@@ -1030,6 +964,22 @@ impl CtEvents {
         }
         Ok(())
     }
+}
+
+/// Appends the IPv4 conntrack events in one datagram to `out` (other families are skipped).
+fn push_events(data: &[u8], out: &mut Vec<CtEvent>) -> Result<(), CtError> {
+    for m in NlMsgs::new(data) {
+        let m = m?;
+        if ct_msg_op(m.ty).is_none() {
+            continue; // NLMSG_NOOP and the like
+        }
+        match event_from_msg(&m) {
+            Ok(ev) => out.push(ev),
+            Err(CtError::NotIpv4(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The socket to poll for events.
@@ -1065,6 +1015,8 @@ fn setsockopt_int(
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddrV4;
+
+    use crate::kernel::nlmsg::NLA_F_NESTED;
 
     use proptest::prelude::*;
 

@@ -29,6 +29,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::mmsg::RecvBatch;
+use super::nlmsg::{
+    self, finish, put_attr, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
+};
 
 /// Packets (and error answers) read per `recvmmsg` at most.
 pub const BATCH: usize = 64;
@@ -36,13 +39,6 @@ pub const BATCH: usize = 64;
 /// at most `copy_range` bytes of payload; an error answer is 36 bytes (`NETLINK_CAP_ACK`).
 const SLOT: usize = 2048;
 
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
-const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
-const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
-const NLM_F_ACK: u16 = libc::NLM_F_ACK as u16;
-const NLA_TYPE_MASK: u16 = libc::NLA_TYPE_MASK as u16;
 
 /// nfnetlink.h: `NFNL_SUBSYS_QUEUE`; a message type is `subsystem << 8 | operation`.
 const NFNL_SUBSYS_QUEUE: u16 = 3;
@@ -125,7 +121,7 @@ pub enum Msg<'a> {
     Packet { id: u32, payload: &'a [u8] },
     /// A request of ours failed: its sequence number and the (positive) errno.
     Error { seq: u32, errno: i32 },
-    /// A packet message without an id or payload, or something else we did not ask for.
+    /// A packet message without an id, or something else we did not ask for.
     Unexpected { ty: u16 },
 }
 
@@ -163,28 +159,7 @@ impl Outbox {
 
 /// `nlmsghdr` + `nfgenmsg { AF_UNSPEC, NFNETLINK_V0, res_id = htons(queue) }`.
 fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32, queue: u16) -> usize {
-    let at = buf.len();
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, set by finish()
-    buf.extend_from_slice(&((NFNL_SUBSYS_QUEUE << 8) | op).to_ne_bytes());
-    buf.extend_from_slice(&flags.to_ne_bytes());
-    buf.extend_from_slice(&seq.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: 0 = to the kernel
-    buf.extend_from_slice(&[libc::AF_UNSPEC as u8, libc::NFNETLINK_V0 as u8]);
-    buf.extend_from_slice(&queue.to_be_bytes());
-    at
-}
-
-fn finish(buf: &mut [u8], at: usize) {
-    let len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_ne_bytes());
-}
-
-fn put_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = (NLA_HDRLEN + payload.len()) as u16;
-    buf.extend_from_slice(&len.to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize((buf.len() + 3) & !3, 0);
+    nlmsg::begin(buf, NFNL_SUBSYS_QUEUE, op, flags, seq, libc::AF_UNSPEC as u8, queue)
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -237,8 +212,9 @@ fn parse_msg(msg: &[u8], ty: u16) -> Msg<'_> {
         off += (alen + 3) & !3;
     }
     match (id, payload) {
-        (Some(id), Some(payload)) => Msg::Packet { id, payload },
-        _ => Msg::Unexpected { ty },
+        // A packet without payload still needs its verdict, or the kernel holds it forever.
+        (Some(id), payload) => Msg::Packet { id, payload: payload.unwrap_or(&[]) },
+        (None, _) => Msg::Unexpected { ty },
     }
 }
 
@@ -475,5 +451,17 @@ mod tests {
             n += 1;
         });
         assert_eq!(n, 1);
+    }
+
+    /// A packet the kernel sent without payload (copy range 0) still gets its verdict.
+    #[test]
+    fn a_packet_without_payload_is_still_a_packet() {
+        let mut b = Vec::new();
+        let at = begin(&mut b, NFQNL_MSG_PACKET, 0, 0, 0);
+        put_attr(&mut b, NFQA_PACKET_HDR, &[0, 0, 0, 9, 8, 0, 0]);
+        finish(&mut b, at);
+        let mut got = Vec::new();
+        parse_datagram(&b, |m| got.push(format!("{m:?}")));
+        assert_eq!(got, ["Packet { id: 9, payload: [] }"]);
     }
 }
