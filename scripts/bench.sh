@@ -430,17 +430,23 @@ measure() {
     fi
 }
 
+# A fresh nfvs (default options) on an empty conntrack table for a memory test named $1
+# (rss, churn); returns non-zero, reported, if it does not start balancing.
+start_fresh_nfvs() {
+    CUR=nfvs
+    ROUND=$1
+    flush_ct
+    if ! start_contender nfvs || ! wait_balanced; then
+        fail "nfvs ($1 test) could not start"
+        stop_contender nfvs
+        return 1
+    fi
+}
+
 # nfvs's RSS with FILL_CONNS tracked connections.
 measure_rss() {
     local c=nfvs-rss
-    CUR=nfvs
-    ROUND=rss
-    flush_ct
-    if ! start_contender nfvs || ! wait_balanced; then
-        fail "nfvs (RSS test) could not start"
-        stop_contender nfvs
-        return
-    fi
+    start_fresh_nfvs rss || return 0
     local pid=$CUR_PID
     sleep 1
     record - "$c" rss_idle_mb "$(awk -v k="$(vm_kb "$pid" VmRSS)" 'BEGIN{printf "%.1f", k / 1024}')"
@@ -492,14 +498,7 @@ measure_rss() {
 # nfvs's RSS over CHURN_SECS of connection churn (a fresh daemon, an empty conntrack table).
 measure_churn() {
     local c=nfvs-churn
-    CUR=nfvs
-    ROUND=churn
-    flush_ct
-    if ! start_contender nfvs || ! wait_balanced; then
-        fail "nfvs (churn test) could not start"
-        stop_contender nfvs
-        return
-    fi
+    start_fresh_nfvs churn || return 0
     local pid=$CUR_PID src srcs
     for src in "${FILL_SRCS[@]}"; do in_client ip addr add "$src/24" dev eth0 2>/dev/null || true; done
     srcs=$(IFS=,; echo "${FILL_SRCS[*]}")

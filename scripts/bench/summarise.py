@@ -100,6 +100,16 @@ def fmt(v, digits):
     return f"{v:,.{digits}f}"
 
 
+def measure_table(p, values, rows):
+    """A two-column table of the `rows` (key, label, digits) present in `values`."""
+    p("| measure | value |")
+    p("|---|---:|")
+    for key, label, digits in rows:
+        if key in values:
+            p(f"| {label} | {fmt(values[key], digits)} |")
+    p()
+
+
 def print_rounds(p, conts, values, agg):
     """The results table (medians, ratios) and how to read it."""
     p("## Results (medians of the rounds)")
@@ -131,8 +141,8 @@ def print_rounds(p, conts, values, agg):
     p("- *new connections/s*: wrk with `Connection: close` (one request per connection; the "
       "server closes first). One client address means the director's conntrack table soon holds "
       "TIME_WAIT entries for the very tuples the client reuses: the kernel's TCP tracker replaces "
-      "such an entry by itself, nfvs finds it on EEXIST, deletes it and creates its own "
-      "(design.md fact 6), so this load also measures that slow path.")
+      "such an entry by itself; nfvs, which saw the old connection finish, deletes the entry "
+      "before it creates its own (design.md fact 6), so this load also measures that path.")
     p("- *connect latency*: the client's connect() call, SYN to ESTABLISHED, one at a time. "
       "Behind HAProxy the handshake ends at the director (the proxy's own connection to the real "
       "server comes later), so it is shorter than the kernel path by design; *whole short "
@@ -257,9 +267,7 @@ def main():
     if rss:
         p("## nfvs memory with tracked connections")
         p()
-        p("| measure | value |")
-        p("|---|---:|")
-        rows = [
+        measure_table(p, rss, [
             ("rss_idle_mb", "VmRSS after start, no connections (MB)", 1),
             ("fill_done", "connections made by the fill (Connection: close, TIME_WAIT after)", 0),
             ("fill_rate", "fill rate (connections/s)", 0),
@@ -269,11 +277,7 @@ def main():
             ("rss_mb", "VmRSS with those connections tracked (MB)", 1),
             ("hwm_mb", "VmHWM, peak RSS (MB)", 1),
             ("bytes_per_conn", "RSS growth per tracked connection (bytes)", 0),
-        ]
-        for key, label, digits in rows:
-            if key in rss:
-                p(f"| {label} | {fmt(rss[key], digits)} |")
-        p()
+        ])
 
     ch = {m: v for m, vals in values.get("nfvs-churn", {}).items() for _, v in vals[:1]}
     flat, verdict = churn_verdict(ch) if ch else (None, "")
@@ -288,9 +292,7 @@ def main():
         p()
         p(f"**RSS over churn**: {verdict}.")
         p()
-        p("| measure | value |")
-        p("|---|---:|")
-        rows = [
+        measure_table(p, ch, [
             ("conns_made", "connections made", 0),
             ("conn_rate", "rate (connections/s)", 0),
             ("conn_errors", "failed connections", 0),
@@ -310,11 +312,7 @@ def main():
             ("q_dropped", "NFQUEUE queue_dropped", 0),
             ("q_user_dropped", "NFQUEUE user_dropped", 0),
             ("log_warnings", "daemon warning lines", 0),
-        ]
-        for key, label, digits in rows:
-            if key in ch:
-                p(f"| {label} | {fmt(ch[key], digits)} |")
-        p()
+        ])
         per_min = churn_per_minute(out / "churn.tsv")
         if per_min:
             p("VmRSS (MB) and connections tracked, once a minute: "
