@@ -114,6 +114,12 @@ pub enum Command {
         /// cross-CPU wakeup per connection. Use with --queues set to the number of CPUs.
         #[arg(long)]
         pin_workers: bool,
+        /// SYNs each queue holds while its worker is busy; beyond that the kernel drops them
+        /// (counted and logged; clients retry after about a second), or with `--overload
+        /// fallback` hands them to the kernel rule. Each waiting SYN takes about 1 KiB of the
+        /// queue socket's receive buffer, which is sized to match.
+        #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+        queue_maxlen: u32,
     },
     /// Print the nftables table `run` would install, as `nft -f` text.
     Rules {

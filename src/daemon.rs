@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub expire_nodest: bool,
     /// Pin each queue's worker to the CPUs the queue fanout feeds it from.
     pub pin_workers: bool,
+    /// SYNs a queue holds before the kernel drops (or, fallback, accepts) more.
+    pub queue_maxlen: u32,
     /// Director-wide scheduler settings (overhead formula, seed, incremental mode).
     pub sched: crate::sched::SchedOptions,
 }
@@ -379,7 +381,17 @@ fn start(
             }
         };
     }
-    let qcfg = |num| QueueConfig { num, fail_open: opts.overload == Overload::Fallback, ..QueueConfig::default() };
+    let qcfg = |num| QueueConfig {
+        num,
+        fail_open: opts.overload == Overload::Fallback,
+        max_len: opts.queue_maxlen,
+        // About 1 KiB of receive buffer per waiting SYN (skb truesize), at least 1 MiB.
+        rcvbuf: (opts.queue_maxlen as usize).saturating_mul(1024).max(1 << 20),
+        ..QueueConfig::default()
+    };
+    if opts.pin_workers && opts.queues == 1 {
+        warn!("--pin-workers has no effect with one queue: pin with --queues set to the number of CPUs");
+    }
     let mut ct = tryc!(Conntrack::open().context("open ctnetlink socket"));
     let queue = tryc!(Queue::open(&qcfg(opts.queue)));
     // Workers for the other queues. Netlink sockets stay in the thread that made them; each

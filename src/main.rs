@@ -41,6 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sched_seed,
             sched_index,
             pin_workers,
+            queue_maxlen,
         } => {
             daemon::run(daemon::RunOptions {
                 rules,
@@ -54,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 drain_timeout: std::time::Duration::from_secs(drain_timeout),
                 expire_nodest,
                 pin_workers,
+                queue_maxlen,
                 sched: nfvs::sched::SchedOptions {
                     overhead: overhead.into(),
                     seed: sched_seed,
