@@ -153,6 +153,50 @@ fn source_port_reuse_200() {
     }
 }
 
+/// A SYN whose create fails is not answered with a RST: each SYN's create and verdict go out
+/// together, so a SYN whose tuple is held by an entry nfvs did not know (here one made by
+/// `conntrack -I`, in TIME_WAIT) is accepted, replaced by the kernel with an entry without
+/// DNAT, and dropped by the nat_pre guard; the client's retransmission a second later is
+/// balanced. The failure is logged and the connection counted once.
+#[test]
+fn a_failed_create_is_dropped_by_the_guard_and_the_retry_is_balanced() {
+    require_root();
+    let lab = Lab::up();
+    let d = lab.nfvs().start().unwrap();
+    lab.exec_ok(
+        Role::Director,
+        &[
+            "conntrack", "-I", "-p", "tcp", "-s", "192.168.199.1", "-d", "192.168.199.200", "--sport", "40100",
+            "--dport", "80", "--state", "TIME_WAIT", "-t", "120",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let body = lab.in_ns(Role::Client, || get_from_port(40100)).expect("the retried connection");
+    rs_of(&body);
+    assert!(started.elapsed() >= Duration::from_millis(800), "no retry was needed: {:?}", started.elapsed());
+    assert!(
+        wait_until(Duration::from_secs(3), || d.log().contains("conntrack already held an entry nfvs did not know")),
+        "{}",
+        d.log()
+    );
+    let nat_pre = lab.exec_ok(Role::Director, &["nft", "list", "chain", "ip", "nfvs", "nat_pre"]);
+    assert!(nat_pre.contains("counter packets 1 bytes 60 drop"), "{nat_pre}");
+    // Two decisions were logged (the failed one and the retry), one connection is counted.
+    let decisions = d.log_lines("conn client=192.168.199.1:40100 ");
+    assert_eq!(decisions.iter().filter(|l| l.contains(" sched=wrr rs=")).count(), 2, "{}", d.log());
+    let listing = lab.command(Role::Director, nfvs_bin()).args(["adm", "-L", "-n"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let total: u32 = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("->") && !l.contains("RemoteAddress"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some(f.get(4)?.parse::<u32>().ok()? + f.get(5)?.parse::<u32>().ok()?)
+        })
+        .sum();
+    assert_eq!(total, 1, "{text}");
+}
+
 /// Issue 2, test 4: nfvs touches nothing but its own table, and its sysctls are restored, also
 /// after a SIGKILL, a restart and a clean stop.
 #[test]
