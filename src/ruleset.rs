@@ -13,13 +13,16 @@
 //!   sees the SYN before the kernel attaches its own conntrack entry; otherwise the daemon's
 //!   entry and the kernel's would clash at confirmation (design.md, "Why raw priority").
 //! - `events` (filter, prerouting, priority mangle = -150), on entries carrying nfvs's ct mark:
-//!   the connection's SYN sets the entry's conntrack event mask to `destroy`, its FIN and RST
-//!   packets to `destroy,protoinfo` (`ct event set`, net/netfilter/nft_ct.c
-//!   NFT_CT_EVENTMASK). The daemon counts a connection active from its creation until it
-//!   leaves the pre-established and established states, which only a FIN or RST does (or its
-//!   end: DESTROY), so the kernel builds and sends only the events that can change a count:
-//!   two or three per connection instead of seven or more, the largest per-connection cost
-//!   left after the queue itself.
+//!   the connection's SYN sets the entry's conntrack event mask to `destroy`; its first FIN or
+//!   RST sets conntrack label 127 and the mask `destroy,protoinfo`, so that packet's state
+//!   change is reported; every packet after it (label set) puts the mask back to `destroy`
+//!   (`ct event set`, net/netfilter/nft_ct.c NFT_CT_EVENTMASK; the mask in force when the
+//!   packet leaves decides what is sent). The daemon counts a connection active from its
+//!   creation until it leaves the pre-established and established states, which only a FIN
+//!   or RST does, and forgets it at DESTROY: so the kernel builds exactly the two events per
+//!   connection that can change a count, instead of seven or more, the largest
+//!   per-connection cost left after the queue itself. Entries made before the table existed
+//!   (a restart) have no room for a label: they report every state after their first FIN.
 //! - `nat_pre` (nat, prerouting, priority dstnat = -100): one `ct state new counter` rule.
 //!   NAT hooks register only while a nat base chain exists, and conntrack does not even run in
 //!   a fresh namespace until some rule references it (design.md fact 2); this chain does both.
@@ -321,7 +324,11 @@ impl Ruleset {
             writeln!(out, "\tchain {CHAIN_EVENTS} {{")?;
             writeln!(out, "\t\ttype filter hook prerouting priority mangle; policy accept;")?;
             writeln!(out, "\t\ttcp flags syn / fin,syn,rst,ack ct mark {mark:#010x} ct event set destroy")?;
-            writeln!(out, "\t\ttcp flags fin,rst ct mark {mark:#010x} ct event set destroy,protoinfo")?;
+            writeln!(out, "\t\tct label 127 ct mark {mark:#010x} ct event set destroy accept")?;
+            writeln!(
+                out,
+                "\t\ttcp flags fin,rst ct mark {mark:#010x} ct label set 127 ct event set destroy,protoinfo"
+            )?;
             writeln!(out, "\t}}")?;
             writeln!(out)?;
         }
@@ -533,7 +540,8 @@ table ip nfvs {
 \tchain events {
 \t\ttype filter hook prerouting priority mangle; policy accept;
 \t\ttcp flags syn / fin,syn,rst,ack ct mark 0x6e667673 ct event set destroy
-\t\ttcp flags fin,rst ct mark 0x6e667673 ct event set destroy,protoinfo
+\t\tct label 127 ct mark 0x6e667673 ct event set destroy accept
+\t\ttcp flags fin,rst ct mark 0x6e667673 ct label set 127 ct event set destroy,protoinfo
 \t}
 
 \tchain nat_pre {

@@ -453,39 +453,81 @@ fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
 }
 
 /// The `events` chain (see [`crate::ruleset`]), as nft 1.0.6 emits
-/// `tcp flags syn / fin,syn,rst,ack ct mark M ct event set destroy` and
-/// `tcp flags fin,rst ct mark M ct event set destroy,protoinfo`:
 /// ```text
-/// [ meta load l4proto => reg 1 ]  [ cmp eq reg 1 0x00000006 ]
-/// [ payload load 1b @ transport header + 13 => reg 1 ]
-/// [ bitwise reg 1 = ( reg 1 & 0x00000017 ) ^ 0x00000000 ]  [ cmp eq reg 1 0x00000002 ]
-///   (second rule: & 0x00000005, cmp neq 0)
-/// [ ct load mark => reg 1 ]  [ cmp eq reg 1 0x6e667673 ]
-/// [ immediate reg 1 0x00000004 ]  (0x00000024)  [ ct set event with reg 1 ]
+/// tcp flags syn / fin,syn,rst,ack ct mark M ct event set destroy
+///   [ meta load l4proto => reg 1 ]  [ cmp eq reg 1 0x00000006 ]
+///   [ payload load 1b @ transport header + 13 => reg 1 ]
+///   [ bitwise reg 1 = ( reg 1 & 0x00000017 ) ^ 0x00000000 ]  [ cmp eq reg 1 0x00000002 ]
+///   [ ct load mark => reg 1 ]  [ cmp eq reg 1 0x6e667673 ]
+///   [ immediate reg 1 0x00000004 ]  [ ct set event with reg 1 ]
+/// ct label 127 ct mark M ct event set destroy accept
+///   [ ct load label => reg 1 ]
+///   [ bitwise reg 1 = ( reg 1 & 0x00000000 0x00000000 0x00000000 0x80000000 ) ^ 0 0 0 0 ]
+///   [ cmp neq reg 1 0x00000000 0x00000000 0x00000000 0x00000000 ]
+///   [ ct load mark => reg 1 ]  [ cmp eq reg 1 0x6e667673 ]
+///   [ immediate reg 1 0x00000004 ]  [ ct set event with reg 1 ]  [ immediate reg 0 accept ]
+/// tcp flags fin,rst ct mark M ct label set 127 ct event set destroy,protoinfo
+///   [ meta load l4proto ... ]  [ payload ... & 0x00000005 ]  [ cmp neq reg 1 0x00000000 ]
+///   [ ct load mark => reg 1 ]  [ cmp eq reg 1 0x6e667673 ]
+///   [ immediate reg 1 0x00000000 0x00000000 0x00000000 0x80000000 ]  [ ct set label with reg 1 ]
+///   [ immediate reg 1 0x00000024 ]  [ ct set event with reg 1 ]
 /// ```
 fn event_mask_rules(mark: u32) -> Vec<Vec<Expr>> {
-    // enum ip_conntrack_events (include/net/netfilter/nf_conntrack_ecache.h... uapi
-    // nf_conntrack_common.h): IPCT_DESTROY = 2, IPCT_PROTOINFO = 5.
+    // enum ip_conntrack_events (uapi nf_conntrack_common.h): IPCT_DESTROY = 2,
+    // IPCT_PROTOINFO = 5.
     const DESTROY: u32 = 1 << 2;
     const PROTOINFO: u32 = 1 << 5;
-    let rule = |flags_mask: u8, op: u32, value: u8, events: u32| {
+    let tcp_flags = |flags_mask: u8, op: u32, value: u8| {
         vec![
             Expr::Meta { key: NFT_META_L4PROTO },
             Expr::eq(&[Protocol::Tcp.number()]),
             Expr::transport(13, 1),
             Expr::and(&[flags_mask]),
             Expr::Cmp { op, data: vec![value] },
-            Expr::Ct { key: libc::NFT_CT_MARK as u32 },
-            Expr::eq(&mark.to_ne_bytes()),
+        ]
+    };
+    let ours = || vec![Expr::Ct { key: libc::NFT_CT_MARK as u32 }, Expr::eq(&mark.to_ne_bytes())];
+    let set_events = |events: u32| {
+        vec![
             Expr::Immediate { dreg: libc::NFT_REG_1 as u32, data: events.to_ne_bytes().to_vec() },
             Expr::CtSet { key: libc::NFT_CT_EVENTMASK as u32 },
         ]
     };
-    vec![
-        rule(TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK, NFT_CMP_EQ, TCP_SYN, DESTROY),
-        rule(TCP_FIN | TCP_RST, NFT_CMP_NEQ, 0, DESTROY | PROTOINFO),
+    let label = FIN_SEEN_LABEL_BYTES.to_vec();
+    let syn = [tcp_flags(TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK, NFT_CMP_EQ, TCP_SYN), ours(), set_events(DESTROY)].concat();
+    // The label first: every packet of every flow passes this rule, and for all but the few
+    // after a first FIN it is the only test that runs.
+    let after_fin = [
+        vec![
+            Expr::Ct { key: libc::NFT_CT_LABELS as u32 },
+            Expr::and(&label),
+            Expr::Cmp { op: NFT_CMP_NEQ, data: vec![0; 16] },
+        ],
+        ours(),
+        set_events(DESTROY),
+        vec![Expr::Verdict { code: libc::NF_ACCEPT as u32 }],
     ]
+    .concat();
+    let first_fin = [
+        tcp_flags(TCP_FIN | TCP_RST, NFT_CMP_NEQ, 0),
+        ours(),
+        vec![
+            Expr::Immediate { dreg: libc::NFT_REG_1 as u32, data: label },
+            Expr::CtSet { key: libc::NFT_CT_LABELS as u32 },
+        ],
+        set_events(DESTROY | PROTOINFO),
+    ]
+    .concat();
+    vec![syn, after_fin, first_fin]
 }
+
+/// Conntrack label 127 (`ct label 127`), which the `events` chain sets on nfvs's entries at
+/// their first FIN or RST: bit n of the 128-bit label is bit n % 8 of byte n / 8.
+const FIN_SEEN_LABEL_BYTES: [u8; 16] = {
+    let mut b = [0u8; 16];
+    b[15] = 0x80;
+    b
+};
 
 /// `ip daddr VIP tcp dport PORT tcp flags syn / fin,syn,rst,ack counter queue ...`, in the
 /// order nft 1.0.6 emits it (captured with `nft --debug=netlink add rule ...`).
