@@ -13,14 +13,15 @@
 //!   sees the SYN before the kernel attaches its own conntrack entry; otherwise the daemon's
 //!   entry and the kernel's would clash at confirmation (design.md, "Why raw priority").
 //! - `events` (filter, prerouting, priority mangle = -150), on entries carrying nfvs's ct mark:
-//!   the connection's SYN sets the entry's conntrack event mask to `destroy`; its first FIN or
-//!   RST sets conntrack label 127 and the mask `destroy,protoinfo`, so that packet's state
-//!   change is reported; every packet after it (label set) puts the mask back to `destroy`
-//!   (`ct event set`, net/netfilter/nft_ct.c NFT_CT_EVENTMASK; the mask in force when the
-//!   packet leaves decides what is sent). The daemon counts a connection active from its
-//!   creation until it leaves the pre-established and established states, which only a FIN
-//!   or RST does, and forgets it at DESTROY: so the kernel builds exactly the two events per
-//!   connection that can change a count, instead of seven or more, the largest
+//!   packets without SYN, FIN or RST leave the chain at its first rule (a running flow's data
+//!   pays one flags test); the connection's SYN sets the entry's conntrack event mask to
+//!   `destroy`; its first FIN or RST sets conntrack label 127 and the mask `destroy,protoinfo`,
+//!   so that state change is reported; a later FIN or RST (label set) puts the mask back to
+//!   `destroy` (`ct event set`, net/netfilter/nft_ct.c NFT_CT_EVENTMASK; the mask in force
+//!   when a packet leaves decides what is sent). The daemon counts a connection active from
+//!   its creation until it leaves the pre-established and established states, which only a
+//!   FIN or RST does, and forgets it at DESTROY: the kernel builds three events per connection
+//!   (the first FIN's, the ACK's after it, DESTROY) instead of seven or more, the largest
 //!   per-connection cost left after the queue itself. Entries made before the table existed
 //!   (a restart) have no room for a label: they report every state after their first FIN.
 //! - `nat_pre` (nat, prerouting, priority dstnat = -100): one `ct state new counter` rule.
@@ -323,6 +324,7 @@ impl Ruleset {
         if let Some(mark) = self.events_mark {
             writeln!(out, "\tchain {CHAIN_EVENTS} {{")?;
             writeln!(out, "\t\ttype filter hook prerouting priority mangle; policy accept;")?;
+            writeln!(out, "\t\ttcp flags ! fin,syn,rst accept")?;
             writeln!(out, "\t\ttcp flags syn / fin,syn,rst,ack ct mark {mark:#010x} ct event set destroy")?;
             writeln!(out, "\t\tct label 127 ct mark {mark:#010x} ct event set destroy accept")?;
             writeln!(
@@ -539,6 +541,7 @@ table ip nfvs {
 
 \tchain events {
 \t\ttype filter hook prerouting priority mangle; policy accept;
+\t\ttcp flags ! fin,syn,rst accept
 \t\ttcp flags syn / fin,syn,rst,ack ct mark 0x6e667673 ct event set destroy
 \t\tct label 127 ct mark 0x6e667673 ct event set destroy accept
 \t\ttcp flags fin,rst ct mark 0x6e667673 ct label set 127 ct event set destroy,protoinfo

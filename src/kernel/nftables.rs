@@ -454,10 +454,13 @@ fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
 
 /// The `events` chain (see [`crate::ruleset`]), as nft 1.0.6 emits
 /// ```text
-/// tcp flags syn / fin,syn,rst,ack ct mark M ct event set destroy
+/// tcp flags ! fin,syn,rst accept
 ///   [ meta load l4proto => reg 1 ]  [ cmp eq reg 1 0x00000006 ]
 ///   [ payload load 1b @ transport header + 13 => reg 1 ]
-///   [ bitwise reg 1 = ( reg 1 & 0x00000017 ) ^ 0x00000000 ]  [ cmp eq reg 1 0x00000002 ]
+///   [ bitwise reg 1 = ( reg 1 & 0x00000007 ) ^ 0x00000000 ]  [ cmp eq reg 1 0x00000000 ]
+///   [ immediate reg 0 accept ]
+/// tcp flags syn / fin,syn,rst,ack ct mark M ct event set destroy
+///   [ meta load l4proto ... ]  [ payload ... & 0x00000017 ]  [ cmp eq reg 1 0x00000002 ]
 ///   [ ct load mark => reg 1 ]  [ cmp eq reg 1 0x6e667673 ]
 ///   [ immediate reg 1 0x00000004 ]  [ ct set event with reg 1 ]
 /// ct label 127 ct mark M ct event set destroy accept
@@ -472,6 +475,8 @@ fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
 ///   [ immediate reg 1 0x00000000 0x00000000 0x00000000 0x80000000 ]  [ ct set label with reg 1 ]
 ///   [ immediate reg 1 0x00000024 ]  [ ct set event with reg 1 ]
 /// ```
+/// The first rule sends every packet without SYN, FIN or RST on at once, so a running flow's
+/// data costs one flags test here; only its handful of SYN/FIN/RST packets see the rest.
 fn event_mask_rules(mark: u32) -> Vec<Vec<Expr>> {
     // enum ip_conntrack_events (uapi nf_conntrack_common.h): IPCT_DESTROY = 2,
     // IPCT_PROTOINFO = 5.
@@ -493,10 +498,10 @@ fn event_mask_rules(mark: u32) -> Vec<Vec<Expr>> {
             Expr::CtSet { key: libc::NFT_CT_EVENTMASK as u32 },
         ]
     };
+    let accept = || Expr::Verdict { code: libc::NF_ACCEPT as u32 };
     let label = FIN_SEEN_LABEL_BYTES.to_vec();
+    let data = [tcp_flags(TCP_FIN | TCP_SYN | TCP_RST, NFT_CMP_EQ, 0), vec![accept()]].concat();
     let syn = [tcp_flags(TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK, NFT_CMP_EQ, TCP_SYN), ours(), set_events(DESTROY)].concat();
-    // The label first: every packet of every flow passes this rule, and for all but the few
-    // after a first FIN it is the only test that runs.
     let after_fin = [
         vec![
             Expr::Ct { key: libc::NFT_CT_LABELS as u32 },
@@ -505,7 +510,7 @@ fn event_mask_rules(mark: u32) -> Vec<Vec<Expr>> {
         ],
         ours(),
         set_events(DESTROY),
-        vec![Expr::Verdict { code: libc::NF_ACCEPT as u32 }],
+        vec![accept()],
     ]
     .concat();
     let first_fin = [
@@ -518,7 +523,7 @@ fn event_mask_rules(mark: u32) -> Vec<Vec<Expr>> {
         set_events(DESTROY | PROTOINFO),
     ]
     .concat();
-    vec![syn, after_fin, first_fin]
+    vec![data, syn, after_fin, first_fin]
 }
 
 /// Conntrack label 127 (`ct label 127`), which the `events` chain sets on nfvs's entries at
