@@ -7,8 +7,10 @@
 //! in one atomic batch. Whatever fails half-way is undone before the error is returned.
 //!
 //! Threads, all sharing one [`State`] behind a mutex:
-//! - the packet loop (the caller's thread): one scheduling decision per queued SYN;
-//! - `ct-events`: conntrack NEW/UPDATE/DESTROY events of our entries -> connection counters;
+//! - the packet loop (the caller's thread; `queue-N` threads for more queues): per batch of
+//!   queued SYNs, one read, one scheduling decision each, one send of their conntrack creates
+//!   and verdicts;
+//! - `ct-events`: conntrack UPDATE/DESTROY events of our entries -> connection counters;
 //! - `ticker`: every 2 s, samples traffic counters (rates) and expires persistence templates;
 //! - `control`: the `nfvs adm` / `ipvsadm` socket;
 //! - `signals`: SIGTERM/SIGINT (graceful stop) and SIGHUP (reload the rules file).

@@ -1,10 +1,12 @@
 //! ctnetlink over `mnl`: the conntrack operations nfvs needs, with messages built by hand.
 //!
-//! On the per-SYN path the daemon [`Conntrack::create`]s the entry that DNATs a new connection
-//! to the chosen real server (design.md facts 1 and 5); on EEXIST it [`Conntrack::get`]s the old
-//! entry to tell a retransmitted SYN from a reused source port (fact 6) and may
-//! [`Conntrack::delete`] it. [`Conntrack::dump`] lists our own entries (by mark) to rebuild
-//! per-server counters after a restart, and [`CtEvents`] follows their state changes (fact 11).
+//! On the per-SYN path the daemon appends [`append_create`] (the entry that DNATs a new
+//! connection to the chosen real server, design.md facts 1 and 5), after an [`append_delete`]
+//! of a reused source port's finished entry (fact 6), to the batch its queue socket sends with
+//! the verdicts (src/kernel/nfqueue.rs). [`Conntrack`] makes the same requests one at a time
+//! and waits for the answer: [`Conntrack::get`] tells a retransmitted SYN from a quick reuse,
+//! [`Conntrack::dump`] lists our own entries (by mark) to rebuild per-server counters after a
+//! restart and to sample traffic, and [`CtEvents`] follows their state changes (fact 11).
 //!
 //! No crate builds `IPCTNL_MSG_CT_NEW` with `CTA_NAT_DST`, so the messages are written here:
 //! `nlmsghdr` + `struct nfgenmsg` + attributes, as laid out in
