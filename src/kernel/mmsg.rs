@@ -14,15 +14,15 @@ pub struct RecvBatch {
     slot: usize,
     lens: Vec<usize>,
     count: usize,
-    /// Datagrams cut short because they did not fit a slot.
-    pub truncated: u64,
 }
 
 impl RecvBatch {
-    /// `slots` datagrams of at most `slot` bytes (a multiple of 4) each.
+    /// `slots` datagrams of at most `slot` bytes (a multiple of 4) each. Size the slots for the
+    /// largest datagram expected: one that does not fit is cut short (MSG_TRUNC), and its
+    /// netlink header then claims more than the slot holds, so parsers drop it.
     pub fn new(slots: usize, slot: usize) -> RecvBatch {
         let slot = (slot + 3) & !3;
-        RecvBatch { words: vec![0u32; slots * slot / 4].into_boxed_slice(), slot, lens: vec![0; slots], count: 0, truncated: 0 }
+        RecvBatch { words: vec![0u32; slots * slot / 4].into_boxed_slice(), slot, lens: vec![0; slots], count: 0 }
     }
 
     /// Waits for at least one datagram (unless `nonblocking`), then takes every other one
@@ -48,9 +48,6 @@ impl RecvBatch {
             if n >= 0 {
                 let n = n as usize;
                 for (i, h) in hdrs.iter().enumerate().take(n) {
-                    if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                        self.truncated += 1;
-                    }
                     self.lens[i] = (h.msg_len as usize).min(self.slot);
                 }
                 self.count = n;

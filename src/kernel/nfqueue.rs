@@ -371,11 +371,6 @@ impl Queue {
     pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.rx.datagrams()
     }
-
-    /// Datagrams cut short by a too-small slot (never expected: see [`SLOT`]).
-    pub fn truncated(&self) -> u64 {
-        self.rx.truncated
-    }
 }
 
 #[cfg(test)]
