@@ -8,11 +8,16 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// Receive slots for `recvmmsg`, aligned for `struct nlmsghdr`.
+/// Receive slots for `recvmmsg`, aligned for `struct nlmsghdr`, with the `iovec`s and
+/// `mmsghdr`s that point at them, built once: a read allocates nothing.
 pub struct RecvBatch {
     words: Box<[u32]>,
     slot: usize,
-    lens: Vec<usize>,
+    /// One per slot, pointing into `words` (a heap block that moving `self` does not move).
+    _iov: Box<[libc::iovec]>,
+    /// One per slot, pointing at its `iovec` (likewise fixed); no name, no control data. The
+    /// kernel writes only `msg_len` and `msg_hdr.msg_flags` back.
+    hdrs: Box<[libc::mmsghdr]>,
     count: usize,
 }
 
@@ -22,36 +27,38 @@ impl RecvBatch {
     /// netlink header then claims more than the slot holds, so parsers drop it.
     pub fn new(slots: usize, slot: usize) -> RecvBatch {
         let slot = (slot + 3) & !3;
-        RecvBatch { words: vec![0u32; slots * slot / 4].into_boxed_slice(), slot, lens: vec![0; slots], count: 0 }
+        let mut words = vec![0u32; slots * slot / 4].into_boxed_slice();
+        let base = words.as_mut_ptr().cast::<u8>();
+        let mut iov: Box<[libc::iovec]> = (0..slots)
+            // SAFETY: slot i lies inside `words` (slots * slot bytes).
+            .map(|i| libc::iovec { iov_base: unsafe { base.add(i * slot) }.cast(), iov_len: slot })
+            .collect();
+        let hdrs: Box<[libc::mmsghdr]> = iov
+            .iter_mut()
+            .map(|v| {
+                // SAFETY: mmsghdr is plain data; zeroed = no name, no control data.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = v;
+                h.msg_hdr.msg_iovlen = 1;
+                h
+            })
+            .collect();
+        RecvBatch { words, slot, _iov: iov, hdrs, count: 0 }
     }
 
     /// Waits for at least one datagram (unless `nonblocking`), then takes every other one
     /// already waiting, up to the number of slots. Returns how many were read: 0 only when
     /// `nonblocking` and nothing was waiting. Retries on EINTR.
     pub fn recv(&mut self, fd: RawFd, nonblocking: bool) -> io::Result<usize> {
-        let n_slots = self.lens.len();
-        let base = self.words.as_mut_ptr().cast::<u8>();
-        let mut iov: Vec<libc::iovec> = (0..n_slots)
-            // SAFETY: slot i lies inside `words` (n_slots * slot bytes).
-            .map(|i| libc::iovec { iov_base: unsafe { base.add(i * self.slot) }.cast(), iov_len: self.slot })
-            .collect();
-        // SAFETY: mmsghdr is plain data; zeroed = no name, no control data.
-        let mut hdrs: Vec<libc::mmsghdr> = (0..n_slots).map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (h, v) in hdrs.iter_mut().zip(iov.iter_mut()) {
-            h.msg_hdr.msg_iov = v;
-            h.msg_hdr.msg_iovlen = 1;
-        }
         let flags = if nonblocking { libc::MSG_DONTWAIT } else { libc::MSG_WAITFORONE };
         loop {
-            // SAFETY: every header points at its own slot, alive for the call.
-            let n = unsafe { libc::recvmmsg(fd, hdrs.as_mut_ptr(), n_slots as u32, flags, std::ptr::null_mut()) };
+            // SAFETY: every header points at its own iovec and slot, alive as long as `self`.
+            let n = unsafe {
+                libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), self.hdrs.len() as u32, flags, std::ptr::null_mut())
+            };
             if n >= 0 {
-                let n = n as usize;
-                for (i, h) in hdrs.iter().enumerate().take(n) {
-                    self.lens[i] = (h.msg_len as usize).min(self.slot);
-                }
-                self.count = n;
-                return Ok(n);
+                self.count = n as usize;
+                return Ok(self.count);
             }
             self.count = 0;
             let e = io::Error::last_os_error();
@@ -67,8 +74,9 @@ impl RecvBatch {
     pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let base = self.words.as_ptr().cast::<u8>();
         (0..self.count).map(move |i| {
-            // SAFETY: slot i is inside `words`, and `lens[i] <= slot` bytes of it were written.
-            unsafe { std::slice::from_raw_parts(base.add(i * self.slot), self.lens[i]) }
+            let len = (self.hdrs[i].msg_len as usize).min(self.slot);
+            // SAFETY: slot i is inside `words`, and `len <= slot` bytes of it were written.
+            unsafe { std::slice::from_raw_parts(base.add(i * self.slot), len) }
         })
     }
 }
