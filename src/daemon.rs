@@ -717,10 +717,7 @@ impl Worker {
         // server; a finished one (a reused source port) was replaced by the kernel with an
         // entry without DNAT, which the guard rule dropped.
         match self.b.ct.get(orig) {
-            Ok(Some(e))
-                if (e.mark == sh.opts.ct_mark || e.status & crate::kernel::conntrack::status::DST_NAT != 0)
-                    && e.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) =>
-            {
+            Ok(Some(e)) if e.is_live_balanced(sh.opts.ct_mark) => {
                 sh.loop_stats.retransmits.fetch_add(1, Ordering::Relaxed);
                 debug!("conn client={client} vip={vip}: retransmitted SYN of a balanced connection nfvs did not track");
             }
@@ -782,7 +779,7 @@ fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now
         // the same port at once looks live here. Ask conntrack (one round trip, only for
         // tuples nfvs believes live: retransmissions and such quick reuse).
         match b.ct.get(&orig) {
-            Ok(Some(e)) if e.mark == sh.opts.ct_mark && e.tcp_state.is_none_or(|s| s.is_alive_for_reuse()) => {
+            Ok(Some(e)) if e.is_live_balanced(sh.opts.ct_mark) => {
                 ls.retransmits.fetch_add(1, Ordering::Relaxed);
                 debug!("conn client={}:{} vip={}: retransmitted SYN", flow.src, flow.sport, key.vip());
                 return Verdict::Accept;

@@ -265,6 +265,16 @@ pub struct CtEntry {
     pub counters_reply: Option<Counters>,
 }
 
+impl CtEntry {
+    /// A balanced connection a new SYN for its tuple belongs to (a retransmission, design.md
+    /// fact 6): DNATed — by nfvs (`mark`) or by the `--overload fallback` rule — and in a state
+    /// up to ESTABLISHED. Anything else with the tuple is finished, or would take the SYN to
+    /// the director itself, and must make way for a new entry.
+    pub fn is_live_balanced(&self, mark: u32) -> bool {
+        (self.mark == mark || self.status & status::DST_NAT != 0) && self.tcp_state.is_none_or(TcpState::is_alive_for_reuse)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CtEventKind {
     New,
@@ -1350,6 +1360,28 @@ mod tests {
         assert_eq!(TcpState::from_raw(10), Option::None);
         let alive: Vec<TcpState> = all.into_iter().filter(|s| s.is_alive_for_reuse()).collect();
         assert_eq!(alive, [None, SynSent, SynRecv, Established, SynSent2]);
+    }
+
+    #[test]
+    fn live_balanced_means_dnated_and_not_finished() {
+        let t = Tuple { src: Ipv4Addr::new(10, 0, 0, 1), dst: Ipv4Addr::new(10, 0, 0, 2), sport: 1, dport: 80, proto: 6 };
+        let e = |mark, status, tcp_state| CtEntry {
+            orig: t,
+            reply: t,
+            mark,
+            status,
+            tcp_state,
+            id: None,
+            timeout: None,
+            counters_orig: None,
+            counters_reply: None,
+        };
+        const M: u32 = 0x6e66_7673;
+        assert!(e(M, 0, Some(TcpState::Established)).is_live_balanced(M));
+        assert!(e(M, 0, None).is_live_balanced(M), "a SYN in flight");
+        assert!(e(0, status::DST_NAT, Some(TcpState::SynSent)).is_live_balanced(M), "the fallback rule's");
+        assert!(!e(M, 0, Some(TcpState::TimeWait)).is_live_balanced(M), "finished");
+        assert!(!e(0, 0, Some(TcpState::Established)).is_live_balanced(M), "not balanced: to the director");
     }
 
     // ---- never panic ----
