@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::io::{AsRawFd, RawFd};
 
 use super::nlmsg::{
-    self, align4, finish, nest_end, nest_start, put_attr, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN,
+    self, align4, setsockopt_int, finish, nest_end, nest_start, put_attr, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN,
     NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
 };
 use crate::nat::{CtMapping, Tuple};
@@ -1001,28 +1001,6 @@ impl AsRawFd for CtEvents {
     }
 }
 
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: `value` outlives the call and the length passed is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests {

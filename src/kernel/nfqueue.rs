@@ -30,7 +30,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::mmsg::RecvBatch;
 use super::nlmsg::{
-    self, finish, put_attr, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
+    self, finish, put_attr, setsockopt_int, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
 };
 
 /// Packets (and error answers) read per `recvmmsg` at most.
@@ -260,35 +260,18 @@ impl Queue {
             conf("SO_RCVBUF", q.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf))?;
         }
 
-        let mut out = Vec::with_capacity(64);
         // struct nfqnl_msg_config_cmd { __u8 command; __u8 _pad; __be16 pf; }
-        let at = begin(&mut out, NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 1, num);
-        put_attr(&mut out, NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0]);
-        finish(&mut out, at);
-        q.request(&out, 1).map_err(|source| QueueError::Bind { queue: num, source })?;
-
-        out.clear();
+        q.configure(1, &[(NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0])])
+            .map_err(|source| QueueError::Bind { queue: num, source })?;
         // struct nfqnl_msg_config_params { __be32 copy_range; __u8 copy_mode; } (packed)
-        let at = begin(&mut out, NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 2, num);
-        let mut params = u32::from(cfg.copy_range).to_be_bytes().to_vec();
-        params.push(NFQNL_COPY_PACKET);
-        put_attr(&mut out, NFQA_CFG_PARAMS, &params);
-        finish(&mut out, at);
-        conf("copy range", q.request(&out, 2))?;
-
-        out.clear();
-        let at = begin(&mut out, NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 3, num);
-        put_attr(&mut out, NFQA_CFG_QUEUE_MAXLEN, &cfg.max_len.to_be_bytes());
-        finish(&mut out, at);
-        conf("max length", q.request(&out, 3))?;
-
-        out.clear();
-        let at = begin(&mut out, NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, 4, num);
+        let mut params = [0u8; 5];
+        params[..4].copy_from_slice(&u32::from(cfg.copy_range).to_be_bytes());
+        params[4] = NFQNL_COPY_PACKET;
+        conf("copy range", q.configure(2, &[(NFQA_CFG_PARAMS, &params)]))?;
+        conf("max length", q.configure(3, &[(NFQA_CFG_QUEUE_MAXLEN, &cfg.max_len.to_be_bytes())]))?;
         let flags = if cfg.fail_open { NFQA_CFG_F_FAIL_OPEN } else { 0 };
-        put_attr(&mut out, NFQA_CFG_FLAGS, &flags.to_be_bytes());
-        put_attr(&mut out, NFQA_CFG_MASK, &NFQA_CFG_F_FAIL_OPEN.to_be_bytes());
-        finish(&mut out, at);
-        conf("fail-open", q.request(&out, 4))?;
+        let (flags, mask) = (flags.to_be_bytes(), NFQA_CFG_F_FAIL_OPEN.to_be_bytes());
+        conf("fail-open", q.configure(4, &[(NFQA_CFG_FLAGS, &flags), (NFQA_CFG_MASK, &mask)]))?;
         Ok(q)
     }
 
@@ -297,20 +280,20 @@ impl Queue {
     }
 
     fn setsockopt(&self, level: i32, name: i32, value: i32) -> io::Result<()> {
-        // SAFETY: an int option, passed by pointer with its size.
-        let r = unsafe {
-            libc::setsockopt(self.fd.as_raw_fd(), level, name, (&value as *const i32).cast(), std::mem::size_of::<i32>() as u32)
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        setsockopt_int(self.fd.as_raw_fd(), level, name, value)
     }
 
-    /// Sends one configuration request and waits for its acknowledgement (no packets can
-    /// arrive yet: the divert rule does not exist while the queue is being set up).
-    fn request(&mut self, msg: &[u8], seq: u32) -> io::Result<()> {
-        self.send(msg)?;
+    /// Sends one `NFQNL_MSG_CONFIG` for this queue with `attrs` and waits for its
+    /// acknowledgement (no packets can arrive yet: the divert rule does not exist while the
+    /// queue is being set up).
+    fn configure(&mut self, seq: u32, attrs: &[(u16, &[u8])]) -> io::Result<()> {
+        let mut msg = Vec::with_capacity(64);
+        let at = begin(&mut msg, NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, self.num);
+        for (ty, payload) in attrs {
+            put_attr(&mut msg, *ty, payload);
+        }
+        finish(&mut msg, at);
+        self.send(&msg)?;
         loop {
             self.recv(false)?;
             let mut answer = None;

@@ -4,6 +4,9 @@
 //! host byte order; the nfgenmsg `res_id` is big-endian. Builders append to a buffer, so
 //! several messages can go out in one `sendmsg`.
 
+use std::io;
+use std::os::fd::RawFd;
+
 pub const NLMSG_HDRLEN: usize = 16;
 pub const NFGENMSG_LEN: usize = 4;
 pub const NLA_HDRLEN: usize = 4;
@@ -58,4 +61,27 @@ pub fn nest_end(buf: &mut [u8], at: usize) {
 
 pub const fn align4(n: usize) -> usize {
     (n + 3) & !3
+}
+
+pub fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` outlives the call and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
