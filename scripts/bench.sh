@@ -38,8 +38,13 @@
 # them the churn):
 #   ROUNDS [3]  DURATION [5] seconds per wrk run  CONCS ["1 8 64"]  KA_CONC [64]
 #   LAT_N [2000] connects per latency probe  IPERF_SECS [5]  FILL_CONNS [100000]  FILL_CONC [128]
-#   CONTENDERS ["kernel haproxy nfvs nfvs-pin nfvs-info"] (nfvs-pin: --queues $(nproc)
-#   --pin-workers, a worker per CPU on that CPU; nfvs-info: the default per-connection info log)
+#   CONTENDERS ["kernel haproxy nfvs nfvs-pin nfvs-info floor-table floor floor-pin"]
+#   (nfvs-pin: --queues $(nproc) --pin-workers, a worker per CPU on that CPU; nfvs-info: the
+#   default per-connection info log; the floors, tests/bench/queue_floor.rs: nfvs's table with
+#   --overload fallback, whose kernel rules balance every connection: floor-table without the
+#   divert rules (what the rule set costs by itself), floor with them and a program that
+#   answers every queued SYN ACCEPT with nfvs's queue code (one NFQUEUE round trip per SYN and
+#   nothing else: no scheduler, ctnetlink or events), floor-pin the same with a queue per CPU)
 #   SCHED_MS [100] ms per sched_bench cell (0 skips it)  BENCH_PREFIX [bench] lab prefix
 #   CHURN_SECS [600] (0 skips the churn)  CHURN_RATE [850] new connections/s (0: as fast as
 #   CHURN_CONC allows; keep CHURN_RATE * 150 well under the director's nf_conntrack_max, and
@@ -59,7 +64,7 @@ LAT_N=${LAT_N:-2000}
 IPERF_SECS=${IPERF_SECS:-5}
 FILL_CONNS=${FILL_CONNS:-100000}
 FILL_CONC=${FILL_CONC:-128}
-CONTENDERS=${CONTENDERS:-"kernel haproxy nfvs nfvs-pin nfvs-info"}
+CONTENDERS=${CONTENDERS:-"kernel haproxy nfvs nfvs-pin nfvs-info floor-table floor floor-pin"}
 SCHED_MS=${SCHED_MS:-100}
 CHURN_SECS=${CHURN_SECS:-600}
 CHURN_RATE=${CHURN_RATE:-850}
@@ -98,7 +103,7 @@ done
 phase() { [[ " $ONLY " == *" $1 "* ]]; }
 for c in $CONCS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONCS: '$c' is not a concurrency"; done
 for c in $CONTENDERS; do
-    case $c in kernel | haproxy | nfvs | nfvs-pin | nfvs-info) ;; *) die "unknown contender '$c' (kernel haproxy nfvs nfvs-pin nfvs-info)" ;; esac
+    case $c in kernel | haproxy | nfvs | nfvs-pin | nfvs-info | floor-table | floor | floor-pin) ;; *) die "unknown contender '$c' (kernel haproxy nfvs nfvs-pin nfvs-info floor-table floor floor-pin)" ;; esac
 done
 [[ $(id -u) == 0 ]] || die "must run as root: the lab uses network namespaces (try: sudo $0)"
 if [[ -d $HOME/.cargo/bin && :$PATH: != *:$HOME/.cargo/bin:* ]]; then
@@ -265,6 +270,32 @@ stop_nfvs() {
     fi
 }
 
+start_floor() { # [queue_floor options]
+    local args=("$@" scripts/bench/bench.rules "$RS_NET")
+    in_dir sysctl -qw net.ipv4.ip_forward=1 || return 1
+    ip netns exec "$DIR_NS" "$FLOOR" "${args[@]}" >>"$LOGS/$CUR-r$ROUND.log" 2>&1 &
+    CUR_PID=$!
+    PIDS+=("$CUR_PID")
+    local i
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        kill -0 "$CUR_PID" 2>/dev/null || { say "queue_floor exited: $(tail -n 3 "$LOGS/$CUR-r$ROUND.log")"; return 1; }
+        in_dir nft list table ip nfvs >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    say "queue_floor installed no table within ${READY_TIMEOUT}s"
+    return 1
+}
+stop_floor() {
+    local status=0
+    if [[ -n $CUR_PID ]]; then stop_pid "$CUR_PID" || status=$?; fi
+    if in_dir nft list table ip nfvs >/dev/null 2>&1; then
+        fail "$CUR round $ROUND: table ip nfvs still present after queue_floor stopped"
+        in_dir nft delete table ip nfvs 2>/dev/null || true
+    fi
+    in_dir sysctl -qw net.ipv4.ip_forward=0
+    ((status == 0)) || fail "$CUR round $ROUND: queue_floor exited with status $status on SIGTERM"
+}
+
 start_contender() {
     CUR=$1
     CUR_PID=
@@ -274,6 +305,9 @@ start_contender() {
         nfvs) start_nfvs warn ;;
         nfvs-pin) start_nfvs warn --queues "$(nproc)" --pin-workers ;;
         nfvs-info) start_nfvs info ;;
+        floor-table) start_floor --no-queue ;;
+        floor) start_floor ;;
+        floor-pin) start_floor --queues "$(nproc)" --pin ;;
     esac
 }
 stop_contender() {
@@ -281,6 +315,7 @@ stop_contender() {
         kernel) stop_kernel ;;
         haproxy) stop_haproxy ;;
         nfvs | nfvs-pin | nfvs-info) stop_nfvs ;;
+        floor-table | floor | floor-pin) stop_floor ;;
     esac
     CUR=
     CUR_PID=
@@ -404,13 +439,19 @@ measure() {
         note "$c round $r: RSTs sent during the HTTP load: director $((dr1 - dr0)), real servers $((rr1 - rr0))"
 
     local json=$LOGS/$c-r$r-iperf3.json gbps
-    timeout $((IPERF_SECS + 20)) ip netns exec "$CLIENT_NS" \
-        iperf3 -c "$VIP" -p 5201 -t "$IPERF_SECS" -J --connect-timeout 3000 >"$json" 2>&1 || true
-    if gbps=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))' "$json" 2>/dev/null); then
-        record "$r" "$c" iperf_gbps "$gbps"
-        say "$c round $r: iperf3: $gbps Gbit/s"
+    # The floor's fallback rules have no persistence, so iperf3's control and data
+    # connections may reach different servers; its established flows are nfvs's anyway.
+    if [[ $c == floor* ]]; then
+        say "$c round $r: iperf3 not measured (no persistence in the fallback rules)"
     else
-        fail "$c round $r: iperf3 through $VIP:5201 failed ($json)"
+        timeout $((IPERF_SECS + 20)) ip netns exec "$CLIENT_NS" \
+            iperf3 -c "$VIP" -p 5201 -t "$IPERF_SECS" -J --connect-timeout 3000 >"$json" 2>&1 || true
+        if gbps=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"] / 1e9))' "$json" 2>/dev/null); then
+            record "$r" "$c" iperf_gbps "$gbps"
+            say "$c round $r: iperf3: $gbps Gbit/s"
+        else
+            fail "$c round $r: iperf3 through $VIP:5201 failed ($json)"
+        fi
     fi
 
     if [[ $c == nfvs* ]]; then
@@ -646,6 +687,12 @@ else
     NFVS=$PWD/target/release/nfvs
 fi
 [[ -x $NFVS ]] || die "$NFVS was not built"
+FLOOR=
+if [[ " $CONTENDERS " == *" floor"* ]]; then
+    step "building the data path's floor (cargo build --release --example queue_floor)"
+    cargo build --release --example queue_floor >&2
+    FLOOR=$PWD/target/release/examples/queue_floor
+fi
 
 if phase sched && ((SCHED_MS > 0)); then
     step "scheduler micro-benchmark (cargo build --release --example sched_bench; $SCHED_MS ms per cell)"

@@ -28,6 +28,9 @@ LABELS = {
     "nfvs": "nfvs (RUST_LOG=warn)",
     "nfvs-pin": "nfvs --queues NPROC --pin-workers (warn)",
     "nfvs-info": "nfvs (RUST_LOG=info)",
+    "floor-table": "floor: nfvs's table, no queue",
+    "floor": "floor: NFQUEUE round trip only",
+    "floor-pin": "floor, a queue per CPU, pinned",
 }
 
 # metric -> (label, kind, digits). kind: "rate" is compared as a ratio to the baseline;
@@ -367,6 +370,37 @@ def main():
         p("|---|---:|:---:|")
         for t, m, ok in rows:
             p(f"| {t} | {m} | {'yes' if ok else 'no'} |")
+        p()
+
+    floor_pairs = [(f, n) for f, n in (("floor", "nfvs"), ("floor-pin", "nfvs-pin")) if f in conts]
+    if (floor_pairs or "floor-table" in conts) and BASELINE in conts:
+        p("## The data path's floor")
+        p()
+        p("The floors install nfvs's table with `--overload fallback` (tests/bench/queue_floor.rs): "
+          "the kernel's fallback rules balance every connection. `floor-table` has no divert rule: "
+          "what the rule set costs by itself. `floor` queues each SYN and answers it ACCEPT at once "
+          "with nfvs's queue code, nothing else: what deciding in userspace costs at all, one NFQUEUE "
+          "round trip per SYN, which any design that queues each SYN pays. What nfvs costs beyond "
+          "it is its own work (scheduler, ctnetlink create and delete, events, state lock).")
+        p()
+        head = ["metric"]
+        if "floor-table" in conts:
+            head.append(f"{LABELS['floor-table']} / kernel")
+        for f, n in floor_pairs:
+            head += [f"{LABELS[f]} / kernel", f"{LABELS[n]} / floor"]
+        p("| " + " | ".join(head) + " |")
+        p("|---|" + "---:|" * (len(head) - 1))
+        for metric in ("cps_c1", "cps_c8", "cps_c64"):
+            row = [dict((m, l) for m, l, _, _ in METRICS)[metric]]
+            base = agg(BASELINE, metric, "rate")
+            if "floor-table" in conts:
+                t = agg("floor-table", metric, "rate")
+                row.append(f"{t / base:.2f}x" if t and base else "—")
+            for f, n in floor_pairs:
+                fl, nv = agg(f, metric, "rate"), agg(n, metric, "rate")
+                row.append(f"{fl / base:.2f}x" if fl and base else "—")
+                row.append(f"{nv / fl:.2f}x" if nv and fl else "—")
+            p("| " + " | ".join(row) + " |")
         p()
 
     if conts:
