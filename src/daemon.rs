@@ -739,9 +739,11 @@ fn handle(sh: &Shared, st: &mut State, b: &mut BatchScratch, m: Msg<'_>, now: Du
         }
         Msg::Error { seq, errno } if seq == VERDICT_SEQ => b.failures.push(Failure { errno, sent: None }),
         Msg::Error { seq, errno } => match b.take(seq) {
-            Some(sent @ Sent::Create { orig, dest, .. }) => {
-                // Give the count back: this connection is not balanced by nfvs.
+            Some(sent @ Sent::Create { orig, svc, dest, .. }) => {
+                // Give the counts back: this connection is not balanced by nfvs. (The
+                // scheduler has moved on, as IPVS's has when ip_vs_conn_new fails.)
                 st.conns.cancel(&mut st.table, &orig, dest, now);
+                st.stats.uncount_conn(&svc, dest);
                 ls.ct_errors.fetch_add(1, Ordering::Relaxed);
                 b.failures.push(Failure { errno, sent: Some(sent) });
             }

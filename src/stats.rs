@@ -149,6 +149,18 @@ impl StatsEntry {
     pub fn add(&mut self, delta: &Counters) {
         self.total.add(delta);
     }
+    /// Takes back one connection counted since the last estimator step and the last `-Z`
+    /// (a connection whose conntrack entry could not be created: IPVS counts a connection only
+    /// once it exists, ip_vs_conn_stats). One counted before either stays counted: taking it
+    /// back would show a negative rate or wrap the zeroed counter. Returns whether it did.
+    pub fn uncount_conn(&mut self) -> bool {
+        if self.total.conns > self.zero_point.conns.max(self.est.last.conns) {
+            self.total.conns -= 1;
+            true
+        } else {
+            false
+        }
+    }
     /// One estimator step; see [`RateEstimator::tick`].
     pub fn tick(&mut self) {
         self.est.tick(&self.total);
@@ -209,6 +221,16 @@ impl StatsTable {
         }
     }
 
+    /// [`StatsEntry::uncount_conn`] for the service and one of its real servers.
+    pub fn uncount_conn(&mut self, key: &ServiceKey, dest: DestId) {
+        if let Some(e) = self.services.get_mut(key) {
+            e.uncount_conn();
+        }
+        if let Some(e) = self.dests.get_mut(&(*key, dest)) {
+            e.uncount_conn();
+        }
+    }
+
     /// One estimator step for every entry; call every [`ESTIMATOR_INTERVAL`].
     pub fn tick(&mut self) {
         self.services.values_mut().for_each(StatsEntry::tick);
@@ -258,6 +280,48 @@ mod tests {
 
     fn conns(n: u64) -> Counters {
         Counters { conns: n, ..Counters::default() }
+    }
+
+    #[test]
+    fn uncount_takes_back_only_what_came_after_the_last_tick_and_zero() {
+        let mut e = StatsEntry::new();
+        e.add(&conns(3));
+        assert!(e.uncount_conn());
+        assert_eq!(e.counters().conns, 2);
+        // Counted before the estimator's last step: stays (a negative step would show a
+        // huge rate).
+        e.tick();
+        assert!(!e.uncount_conn());
+        assert_eq!(e.counters().conns, 2);
+        assert!(e.rates().cps < 1000, "{:?}", e.rates());
+        // Counted before -Z: stays (the zeroed counter must not wrap below 0).
+        e.add(&conns(1));
+        e.zero();
+        assert!(!e.uncount_conn());
+        assert_eq!(e.counters().conns, 0);
+        e.add(&conns(1));
+        assert!(e.uncount_conn());
+        assert_eq!(e.counters().conns, 0);
+        e.tick();
+        assert!(e.rates().cps < 1000, "{:?}", e.rates());
+    }
+
+    #[test]
+    fn table_uncount_applies_to_service_and_server() {
+        let key = ServiceKey { proto: Protocol::Tcp, addr: Ipv4Addr::new(10, 0, 0, 1), port: 80 };
+        let mut t = StatsTable::new();
+        t.record(&key, Some(DestId(1)), &conns(2));
+        t.uncount_conn(&key, DestId(1));
+        assert_eq!(t.service(&key).0.conns, 1);
+        assert_eq!(t.dest(&key, DestId(1)).0.conns, 1);
+        // A server deleted in between: its service still gives the count back.
+        t.remove_dest(&key, DestId(1));
+        t.uncount_conn(&key, DestId(1));
+        assert_eq!(t.service(&key).0.conns, 0);
+        // An unknown service is left alone.
+        let other = ServiceKey { port: 81, ..key };
+        t.uncount_conn(&other, DestId(1));
+        assert_eq!(t.service(&other).0.conns, 0);
     }
 
     /// A steady 50 connections per second (100 per 2-second tick). The fixed-point average

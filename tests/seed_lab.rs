@@ -195,6 +195,16 @@ fn a_failed_create_is_dropped_by_the_guard_and_the_retry_is_balanced() {
         })
         .sum();
     assert_eq!(total, 1, "{text}");
+    // And counted once in the statistics: IPVS counts a connection once it exists.
+    let stats = lab.command(Role::Director, nfvs_bin()).args(["adm", "-L", "-n", "--stats"]).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&stats.stdout);
+    let conns = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with(prefix) && !l.contains("RemoteAddress"))
+            .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!((conns("TCP"), conns("->")), (1, 1), "{text}");
 }
 
 /// Issue 2, test 4: nfvs touches nothing but its own table, and its sysctls are restored, also
