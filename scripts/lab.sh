@@ -167,7 +167,13 @@ do_up() {
     trap on_up_exit EXIT
 
     umask 022
-    mkdir -p "$www"
+    # Another lab's `down` removes $RUN_BASE when it is empty, which can fall between mkdir -p
+    # creating it and creating our directory in it (parallel tests): try again then.
+    local try
+    for try in 1 2 3 4 5; do
+        mkdir -p "$www" 2>/dev/null && break
+        ((try < 5)) || mkdir -p "$www"
+    done
     head -c "$BIG_BYTES" /dev/urandom >"$www/big.bin"
     (cd "$www" && sha256sum big.bin >big.bin.sha256)
 
