@@ -231,13 +231,18 @@ start_nfvs() { # LEVEL [extra nfvs run arguments]
     CUR_PID=$!
     PIDS+=("$CUR_PID")
     # At RUST_LOG=warn there is no "ready" line: the table appears last in start-up.
+    wait_table nfvs "$NFVS_LOG"
+}
+# Waits until table ip nfvs exists in the director (0), or $CUR_PID (NAME, logging to LOG)
+# exits or READY_TIMEOUT passes (1).
+wait_table() { # NAME LOG
     local i
     for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-        kill -0 "$CUR_PID" 2>/dev/null || { say "nfvs exited during start-up: $(tail -n 3 "$NFVS_LOG")"; return 1; }
+        kill -0 "$CUR_PID" 2>/dev/null || { say "$1 exited during start-up: $(tail -n 3 "$2")"; return 1; }
         in_dir nft list table ip nfvs >/dev/null 2>&1 && return 0
         sleep 0.1
     done
-    say "nfvs installed no table within ${READY_TIMEOUT}s"
+    say "$1 installed no table within ${READY_TIMEOUT}s"
     return 1
 }
 stop_nfvs() {
@@ -264,8 +269,12 @@ stop_nfvs() {
         mv "$NFVS_LOG.short" "$NFVS_LOG"
     fi
     ((status == 0)) || fail "$CUR round $ROUND: nfvs exited with status $status on SIGTERM (log $NFVS_LOG)"
+    table_gone nfvs
+}
+# A stopped NAME must have removed table ip nfvs; if not, say so and remove it.
+table_gone() { # NAME
     if in_dir nft list table ip nfvs >/dev/null 2>&1; then
-        fail "$CUR round $ROUND: table ip nfvs still present after nfvs stopped"
+        fail "$CUR round $ROUND: table ip nfvs still present after $1 stopped"
         in_dir nft delete table ip nfvs 2>/dev/null || true
     fi
 }
@@ -276,22 +285,12 @@ start_floor() { # [queue_floor options]
     ip netns exec "$DIR_NS" "$FLOOR" "${args[@]}" >>"$LOGS/$CUR-r$ROUND.log" 2>&1 &
     CUR_PID=$!
     PIDS+=("$CUR_PID")
-    local i
-    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-        kill -0 "$CUR_PID" 2>/dev/null || { say "queue_floor exited: $(tail -n 3 "$LOGS/$CUR-r$ROUND.log")"; return 1; }
-        in_dir nft list table ip nfvs >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    say "queue_floor installed no table within ${READY_TIMEOUT}s"
-    return 1
+    wait_table queue_floor "$LOGS/$CUR-r$ROUND.log"
 }
 stop_floor() {
     local status=0
     if [[ -n $CUR_PID ]]; then stop_pid "$CUR_PID" || status=$?; fi
-    if in_dir nft list table ip nfvs >/dev/null 2>&1; then
-        fail "$CUR round $ROUND: table ip nfvs still present after queue_floor stopped"
-        in_dir nft delete table ip nfvs 2>/dev/null || true
-    fi
+    table_gone queue_floor
     in_dir sysctl -qw net.ipv4.ip_forward=0
     ((status == 0)) || fail "$CUR round $ROUND: queue_floor exited with status $status on SIGTERM"
 }

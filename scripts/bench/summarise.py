@@ -390,16 +390,17 @@ def main():
             head += [f"{LABELS[f]} / kernel", f"{LABELS[n]} / floor"]
         p("| " + " | ".join(head) + " |")
         p("|---|" + "---:|" * (len(head) - 1))
+
+        def over(a, b, metric):
+            x, y = agg(a, metric, "rate"), agg(b, metric, "rate")
+            return f"{x / y:.2f}x" if x and y else "—"
+
         for metric in ("cps_c1", "cps_c8", "cps_c64"):
             row = [dict((m, l) for m, l, _, _ in METRICS)[metric]]
-            base = agg(BASELINE, metric, "rate")
             if "floor-table" in conts:
-                t = agg("floor-table", metric, "rate")
-                row.append(f"{t / base:.2f}x" if t and base else "—")
+                row.append(over("floor-table", BASELINE, metric))
             for f, n in floor_pairs:
-                fl, nv = agg(f, metric, "rate"), agg(n, metric, "rate")
-                row.append(f"{fl / base:.2f}x" if fl and base else "—")
-                row.append(f"{nv / fl:.2f}x" if nv and fl else "—")
+                row += [over(f, BASELINE, metric), over(n, f, metric)]
             p("| " + " | ".join(row) + " |")
         p()
 
