@@ -39,7 +39,7 @@
 #   ROUNDS [3]  DURATION [5] seconds per wrk run  CONCS ["1 8 64"]  KA_CONC [64]
 #   LAT_N [2000] connects per latency probe  IPERF_SECS [5]  FILL_CONNS [100000]  FILL_CONC [128]
 #   CONTENDERS ["kernel haproxy nfvs nfvs-pin nfvs-info floor-table floor floor-pin"]
-#   (nfvs-pin: --queues $(nproc) --pin-workers, a worker per CPU on that CPU; nfvs-info: the
+#   (nfvs-pin: --queues auto --pin-workers, a worker per CPU on that CPU; nfvs-info: the
 #   default per-connection info log; the floors, tests/bench/queue_floor.rs: nfvs's table with
 #   --overload fallback, whose kernel rules balance every connection: floor-table without the
 #   divert rules (what the rule set costs by itself), floor with them and a program that
@@ -302,11 +302,11 @@ start_contender() {
         kernel) start_kernel ;;
         haproxy) start_haproxy ;;
         nfvs) start_nfvs warn ;;
-        nfvs-pin) start_nfvs warn --queues "$(nproc)" --pin-workers ;;
+        nfvs-pin) start_nfvs warn --queues auto --pin-workers ;;
         nfvs-info) start_nfvs info ;;
         floor-table) start_floor --no-queue ;;
         floor) start_floor ;;
-        floor-pin) start_floor --queues "$(nproc)" --pin ;;
+        floor-pin) start_floor --queues "$(getconf _NPROCESSORS_ONLN)" --pin ;;
     esac
 }
 stop_contender() {

@@ -48,8 +48,9 @@ pub struct NetArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub queue: u16,
     /// Spread SYNs over this many queues (N, N+1, ...) by CPU (the queue's fanout flag), with
-    /// one worker thread per queue.
-    #[arg(long, value_name = "COUNT", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// one worker thread per queue: 1 to 64, or `auto` for one per online CPU (at most 64),
+    /// which is what `--pin-workers` wants.
+    #[arg(long, value_name = "COUNT|auto", default_value = "1", value_parser = parse_queues)]
     pub queues: u16,
     /// What happens to new connections the daemon cannot take (SYNs beyond what its queue
     /// holds, and every SYN while no daemon runs): `drop` — the kernel drops them and
@@ -111,7 +112,7 @@ pub enum Command {
         sched_index: bool,
         /// Pin each queue's worker thread to the CPUs whose SYNs the queue fanout sends it
         /// (CPU c feeds queue c mod COUNT), so a SYN is handled on the CPU it arrived on: no
-        /// cross-CPU wakeup per connection. Use with --queues set to the number of CPUs.
+        /// cross-CPU wakeup per connection. Use with `--queues auto` (a queue per CPU).
         #[arg(long)]
         pin_workers: bool,
         /// SYNs each queue holds while its worker is busy; beyond that the kernel drops them
@@ -180,10 +181,63 @@ impl From<OverheadArg> for crate::sched::Overhead {
     }
 }
 
+/// Most queues `--queues` takes (and `auto` gives).
+const MAX_QUEUES: u16 = 64;
+
+fn parse_queues(s: &str) -> Result<u16, String> {
+    if s == "auto" {
+        return Ok(online_cpus().clamp(1, usize::from(MAX_QUEUES)) as u16);
+    }
+    match s.parse::<u16>() {
+        Ok(n) if (1..=MAX_QUEUES).contains(&n) => Ok(n),
+        _ => Err(format!("'{s}' is not a queue count: give 1 to {MAX_QUEUES}, or `auto` for one per online CPU")),
+    }
+}
+
+/// CPUs online: with the queue's fanout flag, a SYN processed on CPU c goes to queue
+/// c mod COUNT, so one queue per online CPU gives every CPU its own.
+fn online_cpus() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
 fn parse_u32(s: &str) -> Result<u32, String> {
     let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u32::from_str_radix(h, 16),
         None => s.parse(),
     };
     r.map_err(|_| format!("'{s}' is not a 32-bit number (decimal or 0x-hex)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_takes_a_count_or_auto() {
+        assert_eq!(parse_queues("1"), Ok(1));
+        assert_eq!(parse_queues("64"), Ok(64));
+        let auto = parse_queues("auto").unwrap();
+        assert!((1..=MAX_QUEUES).contains(&auto), "{auto}");
+        assert_eq!(usize::from(auto), online_cpus().min(64));
+        for bad in ["0", "65", "-1", "two", "", "AUTO"] {
+            let e = parse_queues(bad).unwrap_err();
+            assert!(e.contains(&format!("'{bad}'")) && e.contains("auto"), "{e}");
+        }
+    }
+
+    #[test]
+    fn queues_auto_through_the_command_line() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["nfvs", "rules", "--rules", "x.rules", "--queues", "auto"]).unwrap();
+        let Command::Rules { table } = cli.command else { panic!("not rules") };
+        assert_eq!(usize::from(table.net.queues), online_cpus().min(64));
+        let e = Cli::try_parse_from(["nfvs", "rules", "--rules", "x.rules", "--queues", "0"]).unwrap_err();
+        assert!(e.to_string().contains("give 1 to 64, or `auto`"), "{e}");
+    }
 }

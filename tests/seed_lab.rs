@@ -430,6 +430,33 @@ fn pinned_workers_run_on_their_queues_cpus() {
     }
 }
 
+/// `--queues auto --pin-workers`: one queue per online CPU, each worker pinned to its CPU
+/// alone (on one CPU: a single queue, no fanout); all queues bound, balancing unchanged.
+#[test]
+fn queues_auto_gives_one_pinned_queue_per_cpu() {
+    require_root();
+    // SAFETY: sysconf takes no pointers.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, 64) as usize;
+    let lab = Lab::up();
+    let d = lab.nfvs().args(["--queues", "auto", "--pin-workers"]).start().unwrap();
+    let listed = lab.exec_ok(Role::Director, &["nft", "list", "chain", "ip", "nfvs", "divert"]);
+    if cpus == 1 {
+        assert!(listed.contains("queue num 0") && !listed.contains("fanout"), "{listed}");
+    } else {
+        assert!(listed.contains(&format!("queue num 0-{} fanout", cpus - 1)), "{listed}");
+    }
+    let bound = lab.exec_ok(Role::Director, &["cat", "/proc/net/netfilter/nfnetlink_queue"]);
+    let queues: Vec<String> = bound.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+    assert_eq!(queues, (0..cpus).map(|q| q.to_string()).collect::<Vec<_>>(), "{bound}");
+    for q in 0..cpus {
+        let line = format!("queue worker {q} of {cpus} pinned to CPU {q}\n");
+        assert!(cpus == 1 || d.log().contains(&line), "{line:?} in {}", d.log());
+    }
+    let got: Vec<String> = (0..6).map(|_| rs_of(&lab.client_curl_vip().unwrap())).collect();
+    let want: Vec<String> = (0..6).map(|i| if i % 2 == 0 { RS2 } else { RS1 }.to_string()).collect();
+    assert_eq!(got, want);
+}
+
 /// A retransmitted SYN of a connection nfvs already balanced is not scheduled again (IPVS
 /// finds its connection entry): the real server drops the first SYNs, the client retransmits,
 /// the connection completes on the server first chosen, and the rotation goes on from there.

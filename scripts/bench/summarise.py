@@ -26,7 +26,7 @@ LABELS = {
     "kernel": "kernel-only (nft dnat)",
     "haproxy": "HAProxy (tcp)",
     "nfvs": "nfvs (RUST_LOG=warn)",
-    "nfvs-pin": "nfvs --queues NPROC --pin-workers (warn)",
+    "nfvs-pin": "nfvs --queues auto --pin-workers (warn)",
     "nfvs-info": "nfvs (RUST_LOG=info)",
     "floor-table": "floor: nfvs's table, no queue",
     "floor": "floor: NFQUEUE round trip only",
