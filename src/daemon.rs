@@ -15,6 +15,7 @@
 //! - `control`: the `nfvs adm` / `ipvsadm` socket;
 //! - `signals`: SIGTERM/SIGINT (graceful stop) and SIGHUP (reload the rules file).
 
+use std::collections::HashSet;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,6 +149,49 @@ pub struct State {
     pub stats: StatsTable,
     /// The ruleset installed now.
     installed: Ruleset,
+    /// Finished conntrack entries for our services that nfvs did not make, found at start-up
+    /// (the `--overload fallback` rule's while no daemon ran, another balancer's, another
+    /// `--ct-mark`'s): a SYN reusing one of their tuples deletes the entry first, as for a
+    /// finished connection of nfvs's own, instead of failing its create and waiting for the
+    /// client's retry. Forgotten once they have all expired ([`ForeignFinished::until`]).
+    foreign: ForeignFinished,
+}
+
+#[derive(Default)]
+struct ForeignFinished {
+    tuples: HashSet<Tuple>,
+    /// Daemon time by which every one of them has expired.
+    until: Duration,
+}
+
+impl ForeignFinished {
+    /// Reads the entries of every TCP service; `now` is the daemon's clock.
+    fn find(ct: &mut Conntrack, table: &Table, mark: u32, now: Duration) -> Result<ForeignFinished, CtError> {
+        let mut f = ForeignFinished::default();
+        let mut longest = 0;
+        for s in table.services().iter().filter(|s| s.key().proto == Protocol::Tcp) {
+            let k = s.key();
+            for e in ct.dump_to(libc::IPPROTO_TCP as u8, k.addr, k.port)? {
+                if e.mark != mark && !e.is_live_balanced(mark) && f.tuples.insert(e.orig) {
+                    longest = longest.max(e.timeout.unwrap_or(0));
+                }
+            }
+        }
+        f.until = now + Duration::from_secs(u64::from(longest) + 1);
+        Ok(f)
+    }
+
+    /// Whether `orig` is one of them (once: the caller deletes it).
+    fn take(&mut self, orig: &Tuple) -> bool {
+        !self.tuples.is_empty() && self.tuples.remove(orig)
+    }
+
+    /// Forgets them all once they have expired.
+    fn expire(&mut self, now: Duration) {
+        if !self.tuples.is_empty() && now >= self.until {
+            self.tuples = HashSet::new();
+        }
+    }
 }
 
 struct Shared {
@@ -460,7 +504,8 @@ fn start(
     cleanup.lock().unwrap().table_installed = true;
     tryc!(nftables::apply(ruleset, qimpl));
 
-    let mut state = State { table, conns: Conns::new(), stats: StatsTable::new(), installed: ruleset.clone() };
+    let mut state =
+        State { table, conns: Conns::new(), stats: StatsTable::new(), installed: ruleset.clone(), foreign: ForeignFinished::default() };
     // Connections balanced by an earlier run (a restart): count them as if we never stopped.
     let existing = tryc!(ct.dump(opts.ct_mark, u32::MAX));
     // The daemon's clock starts at zero just below.
@@ -469,6 +514,23 @@ fn start(
     }
     if !state.conns.is_empty() {
         info!("found {} connection(s) balanced by an earlier run; counting them", state.conns.len());
+    }
+    match ForeignFinished::find(&mut ct, &state.table, opts.ct_mark, Duration::ZERO) {
+        Ok(f) if f.tuples.is_empty() => {}
+        Ok(f) => {
+            info!(
+                "found {} finished connection(s) to our services that nfvs did not balance (a fallback rule's or \
+                 another balancer's); a client reusing one of their source ports within {}s gets its old entry \
+                 deleted first",
+                f.tuples.len(),
+                f.until.as_secs()
+            );
+            state.foreign = f;
+        }
+        Err(e) => warn!(
+            "cannot look for finished connections nfvs did not balance: {e}; a client reusing one of their \
+             source ports waits for its SYN retry"
+        ),
     }
     for s in state.table.services() {
         let dests: Vec<String> = s.dests.iter().map(|d| format!("{}:{} w{}", d.addr, d.port, d.weight)).collect();
@@ -775,7 +837,7 @@ fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now
     let orig = Tuple::from(&flow);
     // Whether an earlier connection with this tuple has finished: its entry must be deleted
     // first (a reused source port, design.md fact 6).
-    let mut finished = st.conns.finished(&orig);
+    let mut finished = st.conns.finished(&orig) || st.foreign.take(&orig);
     if st.conns.live(&orig) {
         // Events lag the kernel by up to a batch: a client that closes and reconnects from
         // the same port at once looks live here. Ask conntrack (one round trip, only for
@@ -957,6 +1019,7 @@ fn ticker_loop(sh: &Shared) {
         st.stats.tick();
         let now = sh.now();
         st.table.expire_templates(now);
+        st.foreign.expire(now);
     }
 }
 
@@ -1347,5 +1410,28 @@ fn tcp_state_name(s: TcpState) -> &'static str {
         TcpState::LastAck => "LAST_ACK",
         TcpState::TimeWait => "TIME_WAIT",
         TcpState::Close => "CLOSE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn tuple(sport: u16) -> Tuple {
+        Tuple { src: Ipv4Addr::new(10, 0, 0, 1), dst: Ipv4Addr::new(10, 0, 0, 9), sport, dport: 80, proto: 6 }
+    }
+
+    #[test]
+    fn foreign_finished_tuples_are_taken_once_and_forgotten_when_expired() {
+        let mut f = ForeignFinished { tuples: [tuple(1), tuple(2)].into(), until: Duration::from_secs(121) };
+        assert!(f.take(&tuple(1)));
+        assert!(!f.take(&tuple(1)), "a second SYN for it is nfvs's own business");
+        assert!(!f.take(&tuple(3)));
+        f.expire(Duration::from_secs(120));
+        assert!(f.take(&tuple(2)) && f.tuples.is_empty());
+        f.tuples.insert(tuple(4));
+        f.expire(Duration::from_secs(121));
+        assert!(!f.take(&tuple(4)), "expired: forgotten");
     }
 }

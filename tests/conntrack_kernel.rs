@@ -239,6 +239,37 @@ fn create_get_exists_dump_delete() {
     });
 }
 
+/// `dump_to` returns every entry going to one VIP:port over one protocol, whatever its mark,
+/// and nothing else: the kernel filters (CTA_FILTER), so the dump stays small on a firewall
+/// with many other connections.
+#[test]
+fn dump_to_one_service_whatever_the_mark() {
+    require_root!();
+    let ns = NetNs::new();
+    ns.enter(|| {
+        let mut ct = Conntrack::open().expect("open");
+        let ours = mapping(client(1), 40000, 6, MARK);
+        let other_mark = mapping(client(2), 40001, 6, OTHER_MARK);
+        let unmarked = mapping(client(3), 40002, 6, 0);
+        let udp = mapping(client(4), 40003, libc::IPPROTO_UDP as u8, 0);
+        let mut other_port = mapping(client(5), 40004, 6, 0);
+        other_port.orig.dport = 81;
+        other_port.reply = other_port.orig.inverse();
+        let mut other_vip = mapping(client(6), 40005, 6, 0);
+        other_vip.orig.dst = Ipv4Addr::new(192, 168, 199, 201);
+        other_vip.reply = other_vip.orig.inverse();
+        for m in [&ours, &other_mark, &unmarked, &udp, &other_port, &other_vip] {
+            ct.create(m).expect("create");
+        }
+        let mut got: Vec<(Tuple, u32)> = ct.dump_to(6, VIP, 80).expect("dump_to").into_iter().map(|e| (e.orig, e.mark)).collect();
+        got.sort_by_key(|(t, _)| t.sport);
+        assert_eq!(got, [(ours.orig, MARK), (other_mark.orig, OTHER_MARK), (unmarked.orig, 0)]);
+        let udp_got: Vec<Tuple> = ct.dump_to(17, VIP, 80).unwrap().into_iter().map(|e| e.orig).collect();
+        assert_eq!(udp_got, [udp.orig]);
+        assert!(ct.dump_to(6, VIP, 8080).unwrap().is_empty());
+    });
+}
+
 #[test]
 fn per_syn_calls_do_not_allocate_after_warm_up() {
     require_root!();

@@ -207,6 +207,36 @@ fn a_failed_create_is_dropped_by_the_guard_and_the_retry_is_balanced() {
     assert_eq!((conns("TCP"), conns("->")), (1, 1), "{text}");
 }
 
+/// A finished entry nfvs did not make, already there when it starts (here `conntrack -I` in
+/// TIME_WAIT, as the `--overload fallback` rule leaves them while no daemon runs): a client
+/// reusing its tuple is balanced at once (the entry is deleted first, as for a finished
+/// connection of nfvs's own), without the failed create and the second's wait for a retry.
+#[test]
+fn a_foreign_finished_entry_found_at_start_is_replaced_at_once() {
+    require_root();
+    let lab = Lab::up();
+    lab.exec_ok(
+        Role::Director,
+        &[
+            "conntrack", "-I", "-p", "tcp", "-s", "192.168.199.1", "-d", "192.168.199.200", "--sport", "40100",
+            "--dport", "80", "--state", "TIME_WAIT", "-t", "120",
+        ],
+    );
+    let d = lab.nfvs().start().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || d.log().contains("found 1 finished connection(s) to our services")),
+        "{}",
+        d.log()
+    );
+    let started = std::time::Instant::now();
+    let body = lab.in_ns(Role::Client, || get_from_port(40100)).expect("the connection");
+    rs_of(&body);
+    assert!(started.elapsed() < Duration::from_millis(800), "waited for a retry: {:?}\n{}", started.elapsed(), d.log());
+    assert!(!d.log().contains("conntrack already held"), "{}", d.log());
+    let nat_pre = lab.exec_ok(Role::Director, &["nft", "list", "chain", "ip", "nfvs", "nat_pre"]);
+    assert!(!nat_pre.contains("counter packets 1 bytes 60 drop"), "{nat_pre}");
+}
+
 /// Issue 2, test 4: nfvs touches nothing but its own table, and its sysctls are restored, also
 /// after a SIGKILL, a restart and a clean stop.
 #[test]

@@ -64,6 +64,12 @@ const CTA_COUNTERS_REPLY: u16 = 10;
 const CTA_ID: u16 = 12;
 const CTA_NAT_DST: u16 = 13;
 const CTA_MARK_MASK: u16 = 21;
+const CTA_FILTER: u16 = 25;
+const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+/// CTA_FILTER_F_* (net/netfilter/nf_internals.h): which fields of the filter tuple must match.
+const CTA_FILTER_F_CTA_IP_DST: u32 = 1 << 1;
+const CTA_FILTER_F_CTA_PROTO_NUM: u32 = 1 << 3;
+const CTA_FILTER_F_CTA_PROTO_DST_PORT: u32 = 1 << 5;
 
 // enum ctattr_tuple
 const CTA_TUPLE_IP: u16 = 1;
@@ -374,6 +380,28 @@ pub fn build_dump(buf: &mut Vec<u8>, seq: u32, mark: u32, mask: u32) {
     let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq);
     put_attr(buf, CTA_MARK, &(mark & mask).to_be_bytes());
     put_attr(buf, CTA_MARK_MASK, &mask.to_be_bytes());
+    finish(buf, at);
+}
+
+/// A dump of the IPv4 entries whose original direction goes to `dst:dport` over `proto`,
+/// whatever their mark: `CTA_TUPLE_ORIG` with only those fields, and `CTA_FILTER` saying they
+/// are the ones to match (ctnetlink_alloc_filter, Linux 5.8+), so the kernel sends only them.
+pub fn build_dump_to(buf: &mut Vec<u8>, seq: u32, proto: u8, dst: Ipv4Addr, dport: u16) {
+    buf.clear();
+    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    let tuple = nest_start(buf, CTA_TUPLE_ORIG);
+    let ip = nest_start(buf, CTA_TUPLE_IP);
+    put_attr(buf, CTA_IP_V4_DST, &dst.octets());
+    nest_end(buf, ip);
+    let p = nest_start(buf, CTA_TUPLE_PROTO);
+    put_attr(buf, CTA_PROTO_NUM, &[proto]);
+    put_attr(buf, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+    nest_end(buf, p);
+    nest_end(buf, tuple);
+    let filter = nest_start(buf, CTA_FILTER);
+    let flags = CTA_FILTER_F_CTA_IP_DST | CTA_FILTER_F_CTA_PROTO_NUM | CTA_FILTER_F_CTA_PROTO_DST_PORT;
+    put_attr(buf, CTA_FILTER_ORIG_FLAGS, &flags.to_ne_bytes());
+    nest_end(buf, filter);
     finish(buf, at);
 }
 
@@ -841,6 +869,19 @@ impl Conntrack {
     pub fn dump(&mut self, mark: u32, mask: u32) -> Result<Vec<CtEntry>, CtError> {
         let seq = self.next_seq();
         build_dump(&mut self.tx, seq, mark, mask);
+        self.dump_sent(seq)
+    }
+
+    /// Every IPv4 entry whose original direction goes to `dst:dport` over `proto` (filtered by
+    /// the kernel: [`build_dump_to`]).
+    pub fn dump_to(&mut self, proto: u8, dst: Ipv4Addr, dport: u16) -> Result<Vec<CtEntry>, CtError> {
+        let seq = self.next_seq();
+        build_dump_to(&mut self.tx, seq, proto, dst, dport);
+        self.dump_sent(seq)
+    }
+
+    /// Sends the dump request in `self.tx` and collects its entries.
+    fn dump_sent(&mut self, seq: u32) -> Result<Vec<CtEntry>, CtError> {
         let mut entries = Vec::new();
         let answer = self.transact(Op::Dump, seq, false, &mut |msg| match parse_entry(msg) {
             Ok(e) => {
