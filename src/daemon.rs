@@ -16,7 +16,7 @@
 //! - `signals`: SIGTERM/SIGINT (graceful stop) and SIGHUP (reload the rules file).
 
 use std::collections::HashSet;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -165,14 +165,19 @@ struct ForeignFinished {
 }
 
 impl ForeignFinished {
-    /// Reads the entries of every TCP service; `now` is the daemon's clock.
-    fn find(ct: &mut Conntrack, table: &Table, mark: u32, now: Duration) -> Result<ForeignFinished, CtError> {
+    /// Reads the TCP entries to each virtual address (one dump per address, filtered by the
+    /// kernel; each walks the whole conntrack table once) and keeps those to one of
+    /// `services`; `now` is the daemon's clock.
+    fn find(ct: &mut Conntrack, services: &[ServiceKey], mark: u32, now: Duration) -> Result<ForeignFinished, CtError> {
+        let tcp: HashSet<(Ipv4Addr, u16)> =
+            services.iter().filter(|k| k.proto == Protocol::Tcp).map(|k| (k.addr, k.port)).collect();
+        let vips: HashSet<Ipv4Addr> = tcp.iter().map(|&(a, _)| a).collect();
         let mut f = ForeignFinished::default();
         let mut longest = 0;
-        for s in table.services().iter().filter(|s| s.key().proto == Protocol::Tcp) {
-            let k = s.key();
-            for e in ct.dump_to(libc::IPPROTO_TCP as u8, k.addr, k.port)? {
-                if e.mark != mark && !e.is_live_balanced(mark) && f.tuples.insert(e.orig) {
+        for vip in vips {
+            for e in ct.dump_to(libc::IPPROTO_TCP as u8, vip, None)? {
+                let ours = tcp.contains(&(e.orig.dst, e.orig.dport));
+                if ours && e.mark != mark && !e.is_live_balanced(mark) && f.tuples.insert(e.orig) {
                     longest = longest.max(e.timeout.unwrap_or(0));
                 }
             }
@@ -515,23 +520,6 @@ fn start(
     if !state.conns.is_empty() {
         info!("found {} connection(s) balanced by an earlier run; counting them", state.conns.len());
     }
-    match ForeignFinished::find(&mut ct, &state.table, opts.ct_mark, Duration::ZERO) {
-        Ok(f) if f.tuples.is_empty() => {}
-        Ok(f) => {
-            info!(
-                "found {} finished connection(s) to our services that nfvs did not balance (a fallback rule's or \
-                 another balancer's); a client reusing one of their source ports within {}s gets its old entry \
-                 deleted first",
-                f.tuples.len(),
-                f.until.as_secs()
-            );
-            state.foreign = f;
-        }
-        Err(e) => warn!(
-            "cannot look for finished connections nfvs did not balance: {e}; a client reusing one of their \
-             source ports waits for its SYN retry"
-        ),
-    }
     for s in state.table.services() {
         let dests: Vec<String> = s.dests.iter().map(|d| format!("{}:{} w{}", d.addr, d.port, d.weight)).collect();
         info!("service {} sched={} servers=[{}]", s.key().vip(), s.scheduler_name(), dests.join(", "));
@@ -546,6 +534,8 @@ fn start(
         loop_stats: LoopStats::default(),
         refuser: Refuser::open().map_err(|e| warn!("cannot open a raw socket for ICMP refusals: {e}")).ok(),
     });
+    // Before any worker runs: a SYN for such a tuple may be waiting in the queue already.
+    find_foreign_finished(&shared, &mut ct);
     spawn("signals", {
         let sh = shared.clone();
         move || signal_loop(&sh, sigset)
@@ -993,6 +983,31 @@ fn resync(sh: &Shared) {
 
 /// Every 2 s: account live traffic (so rates move while connections run) and run the
 /// estimators; every tick also expires persistence templates.
+/// Looks for finished entries of our services nfvs did not make (see [`ForeignFinished`]), once,
+/// at start-up (one walk of the conntrack table per virtual address, as the start-up dump of
+/// nfvs's own entries takes one).
+fn find_foreign_finished(sh: &Shared, ct: &mut Conntrack) {
+    let services: Vec<ServiceKey> = sh.lock().table.services().iter().map(|s| s.key()).collect();
+    let now = sh.now();
+    match ForeignFinished::find(ct, &services, sh.opts.ct_mark, now) {
+        Ok(f) if f.tuples.is_empty() => {}
+        Ok(f) => {
+            info!(
+                "found {} finished connection(s) to our services that nfvs did not balance (a fallback rule's or \
+                 another balancer's); a client reusing one of their source ports within {}s gets its old entry \
+                 deleted first",
+                f.tuples.len(),
+                f.until.saturating_sub(now).as_secs()
+            );
+            sh.lock().foreign = f;
+        }
+        Err(e) => warn!(
+            "cannot look for finished connections nfvs did not balance: {e}; a client reusing one of their \
+             source ports waits for its SYN retry"
+        ),
+    }
+}
+
 fn ticker_loop(sh: &Shared) {
     let mut ct = match Conntrack::open() {
         Ok(c) => c,
@@ -1416,7 +1431,6 @@ fn tcp_state_name(s: TcpState) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     fn tuple(sport: u16) -> Tuple {
         Tuple { src: Ipv4Addr::new(10, 0, 0, 1), dst: Ipv4Addr::new(10, 0, 0, 9), sport, dport: 80, proto: 6 }

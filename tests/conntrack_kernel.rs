@@ -261,12 +261,17 @@ fn dump_to_one_service_whatever_the_mark() {
         for m in [&ours, &other_mark, &unmarked, &udp, &other_port, &other_vip] {
             ct.create(m).expect("create");
         }
-        let mut got: Vec<(Tuple, u32)> = ct.dump_to(6, VIP, 80).expect("dump_to").into_iter().map(|e| (e.orig, e.mark)).collect();
+        let mut got: Vec<(Tuple, u32)> =
+            ct.dump_to(6, VIP, Some(80)).expect("dump_to").into_iter().map(|e| (e.orig, e.mark)).collect();
         got.sort_by_key(|(t, _)| t.sport);
         assert_eq!(got, [(ours.orig, MARK), (other_mark.orig, OTHER_MARK), (unmarked.orig, 0)]);
-        let udp_got: Vec<Tuple> = ct.dump_to(17, VIP, 80).unwrap().into_iter().map(|e| e.orig).collect();
+        let udp_got: Vec<Tuple> = ct.dump_to(17, VIP, Some(80)).unwrap().into_iter().map(|e| e.orig).collect();
         assert_eq!(udp_got, [udp.orig]);
-        assert!(ct.dump_to(6, VIP, 8080).unwrap().is_empty());
+        assert!(ct.dump_to(6, VIP, Some(8080)).unwrap().is_empty());
+        // Any port: the other port's entry too, still not the other address's.
+        let mut any: Vec<u16> = ct.dump_to(6, VIP, None).unwrap().into_iter().map(|e| e.orig.sport).collect();
+        any.sort();
+        assert_eq!(any, [40000, 40001, 40002, 40004]);
     });
 }
 

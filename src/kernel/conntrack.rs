@@ -383,10 +383,11 @@ pub fn build_dump(buf: &mut Vec<u8>, seq: u32, mark: u32, mask: u32) {
     finish(buf, at);
 }
 
-/// A dump of the IPv4 entries whose original direction goes to `dst:dport` over `proto`,
-/// whatever their mark: `CTA_TUPLE_ORIG` with only those fields, and `CTA_FILTER` saying they
-/// are the ones to match (ctnetlink_alloc_filter, Linux 5.8+), so the kernel sends only them.
-pub fn build_dump_to(buf: &mut Vec<u8>, seq: u32, proto: u8, dst: Ipv4Addr, dport: u16) {
+/// A dump of the IPv4 entries whose original direction goes to `dst` (and `dport`, if given)
+/// over `proto`, whatever their mark: `CTA_TUPLE_ORIG` with only those fields, and
+/// `CTA_FILTER` saying they are the ones to match (ctnetlink_alloc_filter, Linux 5.8+), so the
+/// kernel sends only them. It still walks the whole table to find them.
+pub fn build_dump_to(buf: &mut Vec<u8>, seq: u32, proto: u8, dst: Ipv4Addr, dport: Option<u16>) {
     buf.clear();
     let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq);
     let tuple = nest_start(buf, CTA_TUPLE_ORIG);
@@ -395,11 +396,14 @@ pub fn build_dump_to(buf: &mut Vec<u8>, seq: u32, proto: u8, dst: Ipv4Addr, dpor
     nest_end(buf, ip);
     let p = nest_start(buf, CTA_TUPLE_PROTO);
     put_attr(buf, CTA_PROTO_NUM, &[proto]);
-    put_attr(buf, CTA_PROTO_DST_PORT, &dport.to_be_bytes());
+    let mut flags = CTA_FILTER_F_CTA_IP_DST | CTA_FILTER_F_CTA_PROTO_NUM;
+    if let Some(port) = dport {
+        put_attr(buf, CTA_PROTO_DST_PORT, &port.to_be_bytes());
+        flags |= CTA_FILTER_F_CTA_PROTO_DST_PORT;
+    }
     nest_end(buf, p);
     nest_end(buf, tuple);
     let filter = nest_start(buf, CTA_FILTER);
-    let flags = CTA_FILTER_F_CTA_IP_DST | CTA_FILTER_F_CTA_PROTO_NUM | CTA_FILTER_F_CTA_PROTO_DST_PORT;
     put_attr(buf, CTA_FILTER_ORIG_FLAGS, &flags.to_ne_bytes());
     nest_end(buf, filter);
     finish(buf, at);
@@ -872,9 +876,9 @@ impl Conntrack {
         self.dump_sent(seq)
     }
 
-    /// Every IPv4 entry whose original direction goes to `dst:dport` over `proto` (filtered by
-    /// the kernel: [`build_dump_to`]).
-    pub fn dump_to(&mut self, proto: u8, dst: Ipv4Addr, dport: u16) -> Result<Vec<CtEntry>, CtError> {
+    /// Every IPv4 entry whose original direction goes to `dst` (and `dport`, if given) over
+    /// `proto` (filtered by the kernel: [`build_dump_to`]).
+    pub fn dump_to(&mut self, proto: u8, dst: Ipv4Addr, dport: Option<u16>) -> Result<Vec<CtEntry>, CtError> {
         let seq = self.next_seq();
         build_dump_to(&mut self.tx, seq, proto, dst, dport);
         self.dump_sent(seq)
