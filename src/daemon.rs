@@ -981,8 +981,6 @@ fn resync(sh: &Shared) {
     }
 }
 
-/// Every 2 s: account live traffic (so rates move while connections run) and run the
-/// estimators; every tick also expires persistence templates.
 /// Looks for finished entries of our services nfvs did not make (see [`ForeignFinished`]), once,
 /// at start-up (one walk of the conntrack table per virtual address, as the start-up dump of
 /// nfvs's own entries takes one).
@@ -1008,6 +1006,9 @@ fn find_foreign_finished(sh: &Shared, ct: &mut Conntrack) {
     }
 }
 
+/// Every 2 s: account live traffic (so rates move while connections run) and run the
+/// estimators; every tick also expires persistence templates and, once expired, the
+/// foreign finished entries found at start-up.
 fn ticker_loop(sh: &Shared) {
     let mut ct = match Conntrack::open() {
         Ok(c) => c,
