@@ -1,5 +1,28 @@
 //! The only code that touches the kernel: NFQUEUE, ctnetlink, nftables and sysctls.
 //! Each file owns one kernel interface and returns typed errors naming the failed operation.
+//!
+//! # Kernel facts learnt after design.md's eleven (each pinned by a test)
+//!
+//! 12. **Queue and ctnetlink share one socket, in order.** Both are subsystems of
+//!     NETLINK_NETFILTER; `netlink_rcv_skb` runs the messages of one `sendmsg` one after
+//!     another, so a create sent before a verdict exists when the verdict re-injects the SYN,
+//!     and without `NLM_F_ACK` only failures are answered ([`nfqueue`]; every lab test).
+//! 13. **Conntrack ids repeat across generations of one tuple**: `nf_ct_get_id` hashes the
+//!     entry's address, and a new entry often reuses the memory of the one just freed. Tell
+//!     generations apart by event order, never by id (accounting.rs,
+//!     `late_events_of_older_generations_are_ignored_even_with_equal_ids`).
+//! 14. **nft `ct event set` and `ct label set` act on entries ctnetlink created**, so the
+//!     `events` chain can silence the events nfvs does not need. A label needs a label rule to
+//!     exist before the entry is created (the labels extension is added at creation): entries
+//!     from before a restart report every state after their first FIN (tests/sched_lab.rs,
+//!     `only_fin_and_later_events_are_sent_and_counts_follow`).
+//! 15. **iptables refuses DROP in the nat table**, so rules/nfvs.iptables puts the guard in
+//!     mangle with `! --ctstate DNAT`; nft prints that xt match without its `!`
+//!     (tests/nftables_kernel.rs, `iptables_form_loads`).
+//! 16. **Dumps can be filtered by the original tuple** (`CTA_FILTER`, Linux 5.8+): the kernel
+//!     still walks the whole table but sends only the matching entries, whatever their mark
+//!     ([`conntrack::build_dump_to`]; tests/conntrack_kernel.rs,
+//!     `dump_to_one_service_whatever_the_mark`).
 
 pub mod conntrack;
 pub mod mmsg;
