@@ -362,7 +362,7 @@ fn check_root() -> anyhow::Result<()> {
 
 /// Blocks the signals the daemon handles in the calling thread and every thread it starts,
 /// so that only the signal thread receives them (with sigwait).
-fn block_signals() -> libc::sigset_t {
+pub fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on a locally owned sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -584,7 +584,7 @@ fn worker(sh: &Shared, queue: Queue, ct: Conntrack) {
 /// Pins the calling thread to the CPUs whose SYNs go to queue `i` of `total`: with the fanout
 /// flag the divert rule picks queue `first + cpu % total` (net/netfilter/xt_NFQUEUE.c
 /// `nfqueue_tg_v3`, nft_queue.c), cpu being the one the packet is processed on.
-fn pin_to_queue_cpus(i: u16, total: u16) {
+pub fn pin_to_queue_cpus(i: u16, total: u16) {
     let size = std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: cpu_set_t is plain data; the libc calls get its size and a pointer to it, and
     // CPU_ISSET/CPU_SET index within CPU_SETSIZE.

@@ -20,12 +20,14 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use nfvs::daemon::{ruleset_for, Overload};
+use nfvs::daemon::{block_signals, pin_to_queue_cpus, ruleset_for, Overload};
 use nfvs::kernel::nfqueue::{parse_datagram, Msg, Outbox, Queue, QueueConfig, Verdict};
 use nfvs::kernel::nftables;
 use nfvs::sched::SchedOptions;
 
 fn main() -> anyhow::Result<()> {
+    // nfvs's pinning reports through `log`.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     const USAGE: &str = "usage: queue_floor [--no-queue | --queues N [--pin]] RULES MASQUERADE_CIDR";
     let (mut queues, mut pin, mut no_queue, mut pos) = (1u16, false, false, Vec::new());
     let mut args = std::env::args().skip(1);
@@ -51,18 +53,8 @@ fn main() -> anyhow::Result<()> {
     }
     rs.validate()?;
 
-    // Signals go to sigwait below, not to whichever thread happens to run.
-    // SAFETY: plain libc calls on a locally owned sigset_t.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM] {
-            libc::signal(s, libc::SIG_DFL);
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    // Signals go to sigwait below, not to whichever thread happens to run (nfvs's own mask).
+    let set = block_signals();
     // Queues first, then the rule that feeds them (design.md fact 9).
     // The queue's buffers hold raw pointers (not Send): each worker opens its own queue and
     // says when it is bound.
@@ -72,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         let tx = tx.clone();
         std::thread::spawn(move || {
             if pin {
-                pin_to_cpu(i);
+                pin_to_queue_cpus(i, queues);
             }
             let mut q = match Queue::open(&QueueConfig { num: i, fail_open: true, ..QueueConfig::default() }) {
                 Ok(q) => q,
@@ -114,17 +106,5 @@ fn answer(q: &mut Queue) -> anyhow::Result<()> {
             });
         }
         q.flush(&mut out)?;
-    }
-}
-
-/// CPU `i` only (with the fanout flag, CPU c feeds queue c mod QUEUES: QUEUES = CPUs here).
-fn pin_to_cpu(i: u16) {
-    // SAFETY: cpu_set_t is plain data; CPU_SET indexes within CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(usize::from(i), &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-            eprintln!("queue_floor: pinning queue {i}: {}", std::io::Error::last_os_error());
-        }
     }
 }
