@@ -23,15 +23,13 @@
 //! Pure logic: the daemon feeds it events and dumps, and it edits the counters of the
 //! [`Table`]'s destinations, keeping the threshold (OVERLOAD) flags up to date.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::kernel::conntrack::{CtEntry, TcpState};
-use crate::nat::Tuple;
+use crate::model::{CtEntry, FlowMap, Protocol, TcpState, Tuple};
 use crate::persist::TemplateId;
 use crate::sched::Request;
-use crate::service::{DestId, Protocol, ServiceKey, Table};
+use crate::service::{DestId, ServiceKey, Table};
 use crate::stats::Counters;
 
 /// Whether a conntrack TCP state counts as an active IPVS connection.
@@ -92,7 +90,7 @@ pub struct Delta {
 /// The connections nfvs balanced and still tracks, by original tuple.
 #[derive(Debug, Default)]
 pub struct Conns {
-    map: HashMap<Tuple, Conn>,
+    map: FlowMap<Conn>,
 }
 
 /// In/out packets and bytes of an entry (In = client to server), without `conns`.
@@ -145,7 +143,7 @@ impl Conns {
     /// `now` is the daemon's clock, for the scheduler and template state an entry of an
     /// earlier run rebuilds.
     pub fn seen(&mut self, table: &mut Table, e: &CtEntry, now: Duration) {
-        let active = e.orig.proto == 6 && is_active(e.tcp_state);
+        let active = e.orig.proto == Protocol::Tcp && is_active(e.tcp_state);
         let eid = nz(e.id);
         if let Some(c) = self.map.get_mut(&e.orig) {
             if c.pending > 0 {
@@ -165,11 +163,9 @@ impl Conns {
         // service is the VIP it was sent to, its server the reply tuple's source (fact 1).
         // The scheduler's cache (lblc/lblcr) and the persistence template it implies are
         // rebuilt too, so the restarted daemon schedules as if it had never stopped.
-        let proto = if e.orig.proto == 6 { Protocol::Tcp } else { Protocol::Udp };
-        let svc = ServiceKey { proto, addr: e.orig.dst, port: e.orig.dport };
+        let (Some(svc), Some(req)) = (ServiceKey::of_flow(&e.orig), Request::of_flow(&e.orig, now)) else { return };
         let Some(s) = table.service_mut(&svc) else { return };
         let Some(i) = s.dest_index(e.reply.src, e.reply.sport) else { return };
-        let req = Request { caddr: e.orig.src, cport: e.orig.sport, daddr: e.orig.dst, dport: e.orig.dport, now };
         let template = s.restore(&req, i);
         let c = Conn { svc, dest: s.dests[i].id, active, id: eid, pending: 0, sampled: traffic(e).into(), template };
         self.map.insert(e.orig, c);
@@ -258,17 +254,17 @@ impl Conns {
 
     /// Tuples of up to `limit` active connections (for traffic sampling).
     pub fn active_tuples(&self, limit: usize) -> Vec<Tuple> {
-        self.map.iter().filter(|(_, c)| c.active).map(|(t, _)| *t).take(limit).collect()
+        self.map.iter().filter(|(_, c)| c.active).map(|(t, _)| t).take(limit).collect()
     }
 
     /// Tuples of a real server's connections (for `--expire-nodest`).
     pub fn of_dest(&self, dest: DestId) -> Vec<Tuple> {
-        self.map.iter().filter(|(_, c)| c.dest == dest).map(|(t, _)| *t).collect()
+        self.map.iter().filter(|(_, c)| c.dest == dest).map(|(t, _)| t).collect()
     }
 
     /// Forgets the connections of a deleted real server (their counters went with it).
     pub fn forget_dest(&mut self, dest: DestId) {
-        self.map.retain(|_, c| c.dest != dest);
+        self.map.retain(|c| c.dest != dest);
     }
 }
 
@@ -321,19 +317,19 @@ mod tests {
     use super::*;
     use crate::config::parse_rules;
     use std::net::Ipv4Addr;
-    use crate::kernel::conntrack::Counters as CtCounters;
+    use crate::model::CtCounters;
 
     const LAB: &str = "-A -t 192.168.199.200:80 -s wlc\n\
         -a -t 192.168.199.200:80 -r 192.168.226.130:80 -m -w 1\n\
         -a -t 192.168.199.200:80 -r 192.168.226.131:80 -m -w 1\n";
 
     fn tuple(port: u16) -> Tuple {
-        Tuple { src: Ipv4Addr::new(192, 168, 199, 1), dst: Ipv4Addr::new(192, 168, 199, 200), sport: port, dport: 80, proto: 6 }
+        Tuple { src: Ipv4Addr::new(192, 168, 199, 1).into(), dst: Ipv4Addr::new(192, 168, 199, 200).into(), sport: port, dport: 80, proto: Protocol::Tcp }
     }
 
     fn entry(port: u16, rs: u8, state: TcpState, id: u32, pkts: u64) -> CtEntry {
         let orig = tuple(port);
-        let reply = Tuple { src: Ipv4Addr::new(192, 168, 226, rs), sport: 80, dst: orig.src, dport: orig.sport, proto: 6 };
+        let reply = Tuple { src: Ipv4Addr::new(192, 168, 226, rs).into(), sport: 80, dst: orig.src, dport: orig.sport, proto: Protocol::Tcp };
         CtEntry {
             orig,
             reply,
@@ -494,7 +490,8 @@ mod tests {
     /// and the table doubles at 114,688): keep an entry, key and value, at 96 bytes.
     #[test]
     fn entries_stay_small() {
-        assert!(std::mem::size_of::<(Tuple, Conn)>() <= 96, "{}", std::mem::size_of::<(Tuple, Conn)>());
+        // IPv4 keys are packed by FlowMap (a Tuple with IpAddrs takes 40 bytes).
+        assert!(FlowMap::<Conn>::V4_ENTRY_SIZE <= 96, "{}", FlowMap::<Conn>::V4_ENTRY_SIZE);
     }
 
     /// A client reusing its port at once: the event thread may read the events of entry k-1

@@ -16,7 +16,7 @@
 //! - `signals`: SIGTERM/SIGINT (graceful stop) and SIGHUP (reload the rules file).
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,17 +28,17 @@ use log::{debug, info, warn};
 use crate::accounting::Conns;
 use crate::config::{self, Command, ListWhat};
 use crate::control::{self, Reply, Request};
-use crate::kernel::conntrack::{Conntrack, CtError, CtEventKind, CtEvents, TcpState};
+use crate::kernel::conntrack::{Conntrack, CtError, CtEvents};
+use crate::model::{CtEvent, CtEventKind, CtMapping, Protocol, TcpState, Tuple};
 use crate::kernel::conntrack::{append_create, append_delete};
 use crate::kernel::nfqueue::{parse_datagram, Msg, Outbox, Queue, QueueConfig, Verdict, BATCH};
 use crate::kernel::nftables::{self, QueueImpl};
 use crate::kernel::sysctl::{Setting, Sysctl};
 use crate::listing::{self, ConnRow, PortNames};
-use crate::nat::{CtMapping, Tuple};
 use crate::packet;
 use crate::ruleset::{Cidr, Divert, FallbackRule, QueueSpec, Ruleset};
 use crate::sched::Request as SchedRequest;
-use crate::service::{DestId, Protocol, ServiceKey, Table};
+use crate::service::{DestId, ServiceKey, Table};
 use crate::stats::{Counters, StatsTable, ESTIMATOR_INTERVAL};
 
 /// The conntrack mark nfvs puts on the entries it creates ("nfvs" in ASCII), so it can find
@@ -169,13 +169,13 @@ impl ForeignFinished {
     /// kernel; each walks the whole conntrack table once) and keeps those to one of
     /// `services`; `now` is the daemon's clock.
     fn find(ct: &mut Conntrack, services: &[ServiceKey], mark: u32, now: Duration) -> Result<ForeignFinished, CtError> {
-        let tcp: HashSet<(Ipv4Addr, u16)> =
-            services.iter().filter(|k| k.proto == Protocol::Tcp).map(|k| (k.addr, k.port)).collect();
-        let vips: HashSet<Ipv4Addr> = tcp.iter().map(|&(a, _)| a).collect();
+        let tcp: HashSet<(IpAddr, u16)> =
+            services.iter().filter(|k| k.proto == Protocol::Tcp).map(|k| (k.addr.into(), k.port)).collect();
+        let vips: HashSet<IpAddr> = tcp.iter().map(|&(a, _)| a).collect();
         let mut f = ForeignFinished::default();
         let mut longest = 0;
         for vip in vips {
-            for e in ct.dump_to(libc::IPPROTO_TCP as u8, vip, None)? {
+            for e in ct.dump_to(Protocol::Tcp, vip, None)? {
                 let ours = tcp.contains(&(e.orig.dst, e.orig.dport));
                 if ours && e.mark != mark && !e.is_live_balanced(mark) && f.tuples.insert(e.orig) {
                     longest = longest.max(e.timeout.unwrap_or(0));
@@ -636,7 +636,7 @@ const VERDICT_SEQ: u32 = 0;
 
 /// A decision, logged once the batch's messages are sent and the state lock is released.
 struct Decision {
-    client: SocketAddrV4,
+    client: SocketAddr,
     svc: ServiceKey,
     sched: &'static str,
     rip: SocketAddrV4,
@@ -753,7 +753,7 @@ impl Worker {
     /// The SYN whose entry could not be created was accepted all the same (its verdict went
     /// out in the same `sendmsg`): the kernel's own rules took it. Say what became of it.
     fn report_create_failure(&mut self, sh: &Shared, orig: &Tuple, svc: &ServiceKey, rip: SocketAddrV4, errno: i32) {
-        let client = SocketAddrV4::new(orig.src, orig.sport);
+        let client = orig.client();
         let vip = svc.vip();
         let fate = match sh.opts.overload {
             Overload::Drop => "the SYN was dropped by our nat_pre guard rule; the client will retry it",
@@ -819,12 +819,14 @@ fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now
             return Verdict::Accept;
         }
     };
-    let proto = if flow.proto == 6 { Protocol::Tcp } else { Protocol::Udp };
-    let key = ServiceKey { proto, addr: flow.dst, port: flow.dport };
+    let (Some(key), Some(req)) = (ServiceKey::of_flow(&flow), SchedRequest::of_flow(&flow, now)) else {
+        ls.not_ours.fetch_add(1, Ordering::Relaxed);
+        return Verdict::Accept;
+    };
     // A SYN for a connection nfvs balanced and still sees live is a retransmission (the first
     // SYN or its SYN-ACK was lost): IPVS finds its connection entry and does not schedule
     // again, so neither do we; the kernel's entry takes it to the same server.
-    let orig = Tuple::from(&flow);
+    let orig = flow;
     // Whether an earlier connection with this tuple has finished: its entry must be deleted
     // first (a reused source port, design.md fact 6).
     let mut finished = st.conns.finished(&orig) || st.foreign.take(&orig);
@@ -848,8 +850,7 @@ fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now
         ls.not_ours.fetch_add(1, Ordering::Relaxed);
         return Verdict::Accept;
     };
-    let client = SocketAddrV4::new(flow.src, flow.sport);
-    let req = SchedRequest { caddr: flow.src, cport: flow.sport, daddr: flow.dst, dport: flow.dport, now };
+    let client = flow.client();
     let sched = svc.scheduler_name();
     let Some(pick) = svc.schedule(&req) else {
         ls.no_dest.fetch_add(1, Ordering::Relaxed);
@@ -863,7 +864,7 @@ fn decide(sh: &Shared, st: &mut State, b: &mut BatchScratch, payload: &[u8], now
     };
     let dest = &svc.dests[pick.index];
     let (rip, dest_id) = (dest.rip(), dest.id);
-    let mapping = CtMapping::dnat(&flow, rip, sh.opts.ct_mark);
+    let mapping = CtMapping::dnat(flow, rip.into(), sh.opts.ct_mark);
     // A reused source port whose old entry we know is finished (design.md fact 6): delete
     // it first, in the same sendmsg. An old entry we do not know of makes the create fail
     // with EEXIST, answered later (Worker::report_create_failure).
@@ -947,7 +948,7 @@ fn event_loop(sh: &Shared, mut events: CtEvents) {
     }
 }
 
-fn apply_events(sh: &Shared, mark: u32, buf: &mut Vec<crate::kernel::conntrack::CtEvent>) {
+fn apply_events(sh: &Shared, mark: u32, buf: &mut Vec<CtEvent>) {
     if buf.is_empty() {
         return;
     }
@@ -1397,19 +1398,23 @@ fn list_connections(sh: &Shared, fmt: &config::ListFormat, names: &PortNames) ->
         Ok(e) => e,
         Err(e) => return Reply::err(KERNEL_ERR, format!("cannot read conntrack: {e}")),
     };
+    let v4 = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(_) => None,
+    };
     let rows: Vec<ConnRow> = entries
         .iter()
-        .map(|e| ConnRow {
-            proto: if e.orig.proto == 6 { Protocol::Tcp } else { Protocol::Udp },
+        .filter_map(|e| Some(ConnRow {
+            proto: e.orig.proto,
             expire_secs: e.timeout.unwrap_or(0),
             state: match e.tcp_state {
                 Some(s) => tcp_state_name(s).to_string(),
                 None => "UDP".to_string(),
             },
-            client: SocketAddrV4::new(e.orig.src, e.orig.sport),
-            vip: SocketAddrV4::new(e.orig.dst, e.orig.dport),
-            rs: SocketAddrV4::new(e.reply.src, e.reply.sport),
-        })
+            client: v4(e.orig.client())?,
+            vip: v4(e.orig.server())?,
+            rs: v4(e.reply.client())?,
+        }))
         .collect();
     Reply::ok(listing::connections(&rows, fmt, names))
 }
@@ -1434,7 +1439,7 @@ mod tests {
     use super::*;
 
     fn tuple(sport: u16) -> Tuple {
-        Tuple { src: Ipv4Addr::new(10, 0, 0, 1), dst: Ipv4Addr::new(10, 0, 0, 9), sport, dport: 80, proto: 6 }
+        Tuple { src: [10, 0, 0, 1].into(), dst: [10, 0, 0, 9].into(), sport, dport: 80, proto: Protocol::Tcp }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod control;
 pub mod daemon;
 pub mod kernel;
 pub mod listing;
-pub mod nat;
+pub mod model;
 pub mod packet;
 pub mod persist;
 pub mod ruleset;

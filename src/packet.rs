@@ -1,7 +1,6 @@
 //! Queued packet bytes -> the flow key of a new connection. Lengths are checked once here, at
 //! the boundary; whatever the bytes, parsing returns an error and never panics.
 
-use std::net::Ipv4Addr;
 
 use pnet_packet::ip::IpNextHeaderProtocols;
 use pnet_packet::ipv4::Ipv4Packet;
@@ -9,15 +8,8 @@ use pnet_packet::tcp::{TcpFlags, TcpPacket};
 use pnet_packet::udp::UdpPacket;
 use pnet_packet::Packet;
 
-/// The 5-tuple of a connection's first packet, in host types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-}
+use crate::model::{Protocol, Tuple};
+
 
 /// Why a queued packet is not a new IPv4 TCP/UDP connection we can balance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +29,8 @@ pub enum ParseError {
 }
 
 /// Parses an IPv4 packet as NFQUEUE hands it over (starting at the IP header).
-pub fn parse(bytes: &[u8]) -> Result<FlowKey, ParseError> {
+/// The flow key of the connection it opens: the [`Tuple`] of its original direction.
+pub fn parse(bytes: &[u8]) -> Result<Tuple, ParseError> {
     if bytes.is_empty() || bytes[0] >> 4 != 4 {
         return Err(ParseError::NotIpv4);
     }
@@ -56,7 +49,7 @@ pub fn parse(bytes: &[u8]) -> Result<FlowKey, ParseError> {
     // IP total length (a copy range may cut the buffer shorter than the packet).
     let end = total.min(bytes.len());
     let l4 = &bytes[ihl..end];
-    let (src, dst) = (ip.get_source(), ip.get_destination());
+    let (src, dst) = (ip.get_source().into(), ip.get_destination().into());
     let proto = ip.get_next_level_protocol();
     if proto == IpNextHeaderProtocols::Tcp {
         let tcp = TcpPacket::new(l4).ok_or(ParseError::TruncatedTransport)?;
@@ -67,11 +60,11 @@ pub fn parse(bytes: &[u8]) -> Result<FlowKey, ParseError> {
         if flags & (TcpFlags::SYN | TcpFlags::ACK | TcpFlags::RST | TcpFlags::FIN) != TcpFlags::SYN {
             return Err(ParseError::NotSyn);
         }
-        Ok(FlowKey { src, dst, sport: tcp.get_source(), dport: tcp.get_destination(), proto: 6 })
+        Ok(Tuple { src, dst, sport: tcp.get_source(), dport: tcp.get_destination(), proto: Protocol::Tcp })
     } else if proto == IpNextHeaderProtocols::Udp {
         let udp = UdpPacket::new(l4).ok_or(ParseError::TruncatedTransport)?;
         let _ = udp.payload();
-        Ok(FlowKey { src, dst, sport: udp.get_source(), dport: udp.get_destination(), proto: 17 })
+        Ok(Tuple { src, dst, sport: udp.get_source(), dport: udp.get_destination(), proto: Protocol::Udp })
     } else {
         Err(ParseError::Protocol(proto.0))
     }
@@ -102,9 +95,9 @@ mod tests {
     #[test]
     fn parses_syn() {
         let k = parse(&syn()).unwrap();
-        assert_eq!(k.src, Ipv4Addr::new(192, 168, 199, 1));
-        assert_eq!(k.dst, Ipv4Addr::new(192, 168, 199, 200));
-        assert_eq!((k.sport, k.dport, k.proto), (40000, 80, 6));
+        assert_eq!(k.src, std::net::Ipv4Addr::new(192, 168, 199, 1));
+        assert_eq!(k.dst, std::net::Ipv4Addr::new(192, 168, 199, 200));
+        assert_eq!((k.sport, k.dport, k.proto), (40000, 80, Protocol::Tcp));
     }
 
     #[test]

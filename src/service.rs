@@ -5,45 +5,14 @@
 //! [`Table`] and asks it for decisions; connection counters are updated from outside.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use std::time::Duration;
 
+use crate::model::Tuple;
+pub use crate::model::Protocol; // TEMP until the adm branch merges: import from model
 use crate::persist::{Persistence, TemplateId, TemplateKey};
 use crate::sched::{self, Change, Request, SchedOptions, Scheduler};
-
-/// Transport protocol of a virtual service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-        }
-    }
-    /// ipvsadm's option letter for the protocol (`-t`, `-u`).
-    pub fn flag(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "-t",
-            Protocol::Udp => "-u",
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        })
-    }
-}
 
 /// What identifies a virtual service: protocol, VIP and port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +25,26 @@ pub struct ServiceKey {
 impl ServiceKey {
     pub fn vip(&self) -> SocketAddrV4 {
         SocketAddrV4::new(self.addr, self.port)
+    }
+
+    /// The service a flow is addressed to (protocol, destination address and port). The one
+    /// place where the family-neutral flow meets the IPv4-only service layer: an IPv6 flow
+    /// has no service yet (docs/architecture.md, "IPv6").
+    pub fn of_flow(t: &Tuple) -> Option<ServiceKey> {
+        match t.dst {
+            IpAddr::V4(addr) => Some(ServiceKey { proto: t.proto, addr, port: t.dport }),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl Request {
+    /// The scheduler's view of a flow to an IPv4 service (see [`ServiceKey::of_flow`]).
+    pub fn of_flow(t: &Tuple, now: Duration) -> Option<Request> {
+        match (t.src, t.dst) {
+            (IpAddr::V4(caddr), IpAddr::V4(daddr)) => Some(Request { caddr, cport: t.sport, daddr, dport: t.dport, now }),
+            _ => None,
+        }
     }
 }
 
@@ -161,8 +150,9 @@ impl Service {
     pub fn scheduler_name(&self) -> &'static str {
         self.sched.name()
     }
-    pub fn dest_index(&self, addr: Ipv4Addr, port: u16) -> Option<usize> {
-        self.dests.iter().position(|d| d.addr == addr && d.port == port)
+    pub fn dest_index(&self, addr: impl Into<IpAddr>, port: u16) -> Option<usize> {
+        let addr = addr.into();
+        self.dests.iter().position(|d| addr == d.addr && d.port == port)
     }
     /// Picks a destination for a new connection: from a valid persistence template (no
     /// scheduler call, lvs-semantics.md §6), else from the scheduler.

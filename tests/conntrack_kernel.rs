@@ -7,16 +7,14 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::io::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nfvs::kernel::conntrack::{
-    status, Conntrack, CtError, CtEvent, CtEventKind, CtEvents, TcpState,
-};
-use nfvs::nat::{CtMapping, Tuple};
+use nfvs::kernel::conntrack::{Conntrack, CtError, CtEvents};
+use nfvs::model::{status, CtEntry, CtEvent, CtEventKind, CtMapping, Protocol, TcpState, Tuple};
 
 // ---- allocation counting, for "no heap allocation on the per-SYN path" ----
 
@@ -165,12 +163,12 @@ fn client(n: u8) -> Ipv4Addr {
 }
 
 /// client:sport -> VIP:80, DNAT to RIP:8080 (a port change, so the reply tuple shows both).
-fn mapping(src: Ipv4Addr, sport: u16, proto: u8, mark: u32) -> CtMapping {
-    let orig = Tuple { src, dst: VIP, sport, dport: 80, proto };
+fn mapping(src: Ipv4Addr, sport: u16, proto: Protocol, mark: u32) -> CtMapping {
+    let orig = Tuple { src: src.into(), dst: VIP.into(), sport, dport: 80, proto };
     CtMapping {
         orig,
         reply: orig.inverse(),
-        nat_dst: SocketAddrV4::new(RIP, 8080),
+        nat_dst: SocketAddr::new(RIP.into(), 8080),
         mark,
         timeout: 120,
     }
@@ -182,7 +180,7 @@ fn create_get_exists_dump_delete() {
     let ns = NetNs::new();
     ns.enter(|| {
         let mut ct = Conntrack::open().expect("open");
-        let m = mapping(client(1), 40000, libc::IPPROTO_TCP as u8, MARK);
+        let m = mapping(client(1), 40000, Protocol::Tcp, MARK);
         ct.create(&m).expect("create");
 
         let e = ct.get(&m.orig).expect("get").expect("entry exists");
@@ -191,7 +189,7 @@ fn create_get_exists_dump_delete() {
         // the reply now comes from the real server's address and port.
         assert_eq!(
             e.reply,
-            Tuple { src: RIP, dst: client(1), sport: 8080, dport: 40000, proto: 6 }
+            Tuple { src: RIP.into(), dst: client(1).into(), sport: 8080, dport: 40000, proto: Protocol::Tcp }
         );
         assert_eq!(e.mark, MARK);
         assert_eq!(e.status & status::DST_NAT, status::DST_NAT);
@@ -206,9 +204,9 @@ fn create_get_exists_dump_delete() {
         assert!(matches!(ct.create(&m), Err(CtError::Exists)), "second create");
 
         // A UDP mapping, one more of ours and one with another mark.
-        let udp = mapping(client(1), 40000, libc::IPPROTO_UDP as u8, MARK);
-        let ours2 = mapping(client(2), 40001, 6, MARK);
-        let other = mapping(client(3), 40002, 6, OTHER_MARK);
+        let udp = mapping(client(1), 40000, Protocol::Udp, MARK);
+        let ours2 = mapping(client(2), 40001, Protocol::Tcp, MARK);
+        let other = mapping(client(3), 40002, Protocol::Tcp, OTHER_MARK);
         for x in [&udp, &ours2, &other] {
             ct.create(x).expect("create");
         }
@@ -216,7 +214,7 @@ fn create_get_exists_dump_delete() {
         assert_eq!(udp_entry.reply.src, RIP);
         assert_eq!(udp_entry.tcp_state, None);
 
-        let origs = |entries: Vec<nfvs::kernel::conntrack::CtEntry>| {
+        let origs = |entries: Vec<CtEntry>| {
             let mut v: Vec<Tuple> = entries.into_iter().map(|e| e.orig).collect();
             v.sort_by_key(|t| (t.src, t.sport, t.proto));
             v
@@ -248,28 +246,28 @@ fn dump_to_one_service_whatever_the_mark() {
     let ns = NetNs::new();
     ns.enter(|| {
         let mut ct = Conntrack::open().expect("open");
-        let ours = mapping(client(1), 40000, 6, MARK);
-        let other_mark = mapping(client(2), 40001, 6, OTHER_MARK);
-        let unmarked = mapping(client(3), 40002, 6, 0);
-        let udp = mapping(client(4), 40003, libc::IPPROTO_UDP as u8, 0);
-        let mut other_port = mapping(client(5), 40004, 6, 0);
+        let ours = mapping(client(1), 40000, Protocol::Tcp, MARK);
+        let other_mark = mapping(client(2), 40001, Protocol::Tcp, OTHER_MARK);
+        let unmarked = mapping(client(3), 40002, Protocol::Tcp, 0);
+        let udp = mapping(client(4), 40003, Protocol::Udp, 0);
+        let mut other_port = mapping(client(5), 40004, Protocol::Tcp, 0);
         other_port.orig.dport = 81;
         other_port.reply = other_port.orig.inverse();
-        let mut other_vip = mapping(client(6), 40005, 6, 0);
-        other_vip.orig.dst = Ipv4Addr::new(192, 168, 199, 201);
+        let mut other_vip = mapping(client(6), 40005, Protocol::Tcp, 0);
+        other_vip.orig.dst = Ipv4Addr::new(192, 168, 199, 201).into();
         other_vip.reply = other_vip.orig.inverse();
         for m in [&ours, &other_mark, &unmarked, &udp, &other_port, &other_vip] {
             ct.create(m).expect("create");
         }
         let mut got: Vec<(Tuple, u32)> =
-            ct.dump_to(6, VIP, Some(80)).expect("dump_to").into_iter().map(|e| (e.orig, e.mark)).collect();
+            ct.dump_to(Protocol::Tcp, VIP.into(), Some(80)).expect("dump_to").into_iter().map(|e| (e.orig, e.mark)).collect();
         got.sort_by_key(|(t, _)| t.sport);
         assert_eq!(got, [(ours.orig, MARK), (other_mark.orig, OTHER_MARK), (unmarked.orig, 0)]);
-        let udp_got: Vec<Tuple> = ct.dump_to(17, VIP, Some(80)).unwrap().into_iter().map(|e| e.orig).collect();
+        let udp_got: Vec<Tuple> = ct.dump_to(Protocol::Udp, VIP.into(), Some(80)).unwrap().into_iter().map(|e| e.orig).collect();
         assert_eq!(udp_got, [udp.orig]);
-        assert!(ct.dump_to(6, VIP, Some(8080)).unwrap().is_empty());
+        assert!(ct.dump_to(Protocol::Tcp, VIP.into(), Some(8080)).unwrap().is_empty());
         // Any port: the other port's entry too, still not the other address's.
-        let mut any: Vec<u16> = ct.dump_to(6, VIP, None).unwrap().into_iter().map(|e| e.orig.sport).collect();
+        let mut any: Vec<u16> = ct.dump_to(Protocol::Tcp, VIP.into(), None).unwrap().into_iter().map(|e| e.orig.sport).collect();
         any.sort();
         assert_eq!(any, [40000, 40001, 40002, 40004]);
     });
@@ -281,13 +279,13 @@ fn per_syn_calls_do_not_allocate_after_warm_up() {
     let ns = NetNs::new();
     ns.enter(|| {
         let mut ct = Conntrack::open().expect("open");
-        let warm = mapping(client(9), 1000, 6, MARK);
+        let warm = mapping(client(9), 1000, Protocol::Tcp, MARK);
         ct.create(&warm).unwrap();
         ct.get(&warm.orig).unwrap();
         ct.delete(&warm.orig).unwrap();
 
         for port in 2000..2100 {
-            let m = mapping(client(9), port, 6, MARK);
+            let m = mapping(client(9), port, Protocol::Tcp, MARK);
             let (created, n) = allocations_in(|| ct.create(&m));
             created.unwrap();
             assert_eq!(n, 0, "create allocated");
@@ -339,7 +337,7 @@ fn syn_through_created_entry_is_dnated() {
          add rule ip t post ip daddr 192.168.226.131 tcp dport 8080 counter",
     ]);
 
-    let m = mapping(client(1), 40000, 6, MARK);
+    let m = mapping(client(1), 40000, Protocol::Tcp, MARK);
     let before = director.enter(|| {
         let mut ct = Conntrack::open().expect("open");
         ct.create(&m).expect("create");
@@ -401,7 +399,7 @@ fn events_new_and_destroy() {
         use CtEventKind::*;
         let mut events = CtEvents::subscribe(&[New, Update, Destroy]).expect("subscribe");
         let mut ct = Conntrack::open().expect("open");
-        let m = mapping(client(4), 41000, 6, MARK);
+        let m = mapping(client(4), 41000, Protocol::Tcp, MARK);
         ct.create(&m).unwrap();
 
         let new =
@@ -428,7 +426,7 @@ fn event_overflow_is_reported_as_lost() {
         events.set_nonblocking(true).unwrap();
         let mut ct = Conntrack::open().expect("open");
         for port in 0..200 {
-            ct.create(&mapping(client(5), 10000 + port, 6, MARK)).unwrap();
+            ct.create(&mapping(client(5), 10000 + port, Protocol::Tcp, MARK)).unwrap();
         }
         let mut got = Vec::new();
         let mut lost = false;
@@ -463,7 +461,7 @@ fn event_overflow_is_reported_as_lost() {
         }
         assert!(got.len() < 200, "some events were lost");
         events.set_nonblocking(false).unwrap();
-        let m = mapping(client(6), 42000, 6, MARK);
+        let m = mapping(client(6), 42000, Protocol::Tcp, MARK);
         ct.create(&m).unwrap();
         assert!(wait_for(&mut events, |e| e.entry.orig == m.orig).is_some(), "events after loss");
     });

@@ -20,14 +20,14 @@
 
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::io::{AsRawFd, RawFd};
 
 use super::nlmsg::{
     self, align4, setsockopt_int, finish, nest_end, nest_start, put_attr, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN,
     NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
 };
-use crate::nat::{CtMapping, Tuple};
+use crate::model::{CtCounters, CtEntry, CtEvent, CtEventKind, CtMapping, Protocol, TcpState, Tuple};
 
 // ---------------------------------------------------------------------------------------------
 // Wire constants. Netlink/nfnetlink ones come from libc; the ctnetlink enums are not in libc and
@@ -44,6 +44,7 @@ const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 const NLMSG_OVERRUN: u16 = libc::NLMSG_OVERRUN as u16;
 
 const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
 /// nfnetlink.h: a message type is `subsystem << 8 | operation`.
 const NFNL_SUBSYS_CTNETLINK: u16 = libc::NFNL_SUBSYS_CTNETLINK as u16;
 
@@ -77,6 +78,8 @@ const CTA_TUPLE_PROTO: u16 = 2;
 // enum ctattr_ip
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
 // enum ctattr_l4proto
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
@@ -91,26 +94,10 @@ const CTA_COUNTERS32_PACKETS: u16 = 3;
 const CTA_COUNTERS32_BYTES: u16 = 4;
 // enum ctattr_nat / ctattr_protonat
 const CTA_NAT_V4_MINIP: u16 = 1;
+const CTA_NAT_V6_MINIP: u16 = 4;
 const CTA_NAT_PROTO: u16 = 3;
 const CTA_PROTONAT_PORT_MIN: u16 = 1;
 const CTA_PROTONAT_PORT_MAX: u16 = 2;
-
-/// `ct->status` bits (`enum ip_conntrack_status`, include/uapi/linux/netfilter/nf_conntrack_common.h)
-/// that callers look at in [`CtEntry::status`].
-pub mod status {
-    /// The entry has seen traffic in the reply direction.
-    pub const SEEN_REPLY: u32 = 1 << 1;
-    /// The entry will not be early-dropped (TCP: fully established).
-    pub const ASSURED: u32 = 1 << 2;
-    /// The entry is in the main table.
-    pub const CONFIRMED: u32 = 1 << 3;
-    /// The connection is destination-NATed (its reply tuple's source was rewritten).
-    pub const DST_NAT: u32 = 1 << 5;
-    /// Destination NAT has been set up for the entry.
-    pub const DST_NAT_DONE: u32 = 1 << 8;
-    /// The entry is being destroyed (set in DESTROY events).
-    pub const DYING: u32 = 1 << 9;
-}
 
 /// Receive buffer size. The kernel sizes each dump skb to the reader's largest recv buffer so
 /// far, capped at 32 KiB (net/netlink/af_netlink.c, `max_recvmsg_len`), which is also libmnl's
@@ -186,106 +173,10 @@ pub enum CtError {
     EventsLost,
     #[error("malformed ctnetlink message: {0}")]
     Malformed(&'static str),
-    /// A valid entry of another address family (nfvs only handles IPv4).
-    #[error("conntrack entry is not IPv4 (address family {0})")]
-    NotIpv4(u8),
-}
-
-/// TCP tracker state, `enum tcp_conntrack` (include/uapi/linux/netfilter/nf_conntrack_tcp.h).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TcpState {
-    None = 0,
-    SynSent = 1,
-    SynRecv = 2,
-    Established = 3,
-    FinWait = 4,
-    CloseWait = 5,
-    LastAck = 6,
-    TimeWait = 7,
-    Close = 8,
-    /// `TCP_CONNTRACK_SYN_SENT2` (the old LISTEN slot): simultaneous open.
-    SynSent2 = 9,
-}
-
-impl TcpState {
-    pub fn from_raw(v: u8) -> Option<TcpState> {
-        Some(match v {
-            0 => TcpState::None,
-            1 => TcpState::SynSent,
-            2 => TcpState::SynRecv,
-            3 => TcpState::Established,
-            4 => TcpState::FinWait,
-            5 => TcpState::CloseWait,
-            6 => TcpState::LastAck,
-            7 => TcpState::TimeWait,
-            8 => TcpState::Close,
-            9 => TcpState::SynSent2,
-            _ => return None,
-        })
-    }
-
-    /// Whether an entry found on EEXIST belongs to a live connection whose SYN was merely
-    /// retransmitted (keep it) rather than to a finished one whose source port the client now
-    /// reuses (delete it and schedule afresh): design.md fact 6, "a state up to ESTABLISHED".
-    /// `None` is an entry we created whose SYN has not passed conntrack yet (a retransmission
-    /// racing on another queue, fact 8); `SynSent2` is a simultaneous open, also pre-ESTABLISHED.
-    pub fn is_alive_for_reuse(self) -> bool {
-        match self {
-            TcpState::None
-            | TcpState::SynSent
-            | TcpState::SynRecv
-            | TcpState::Established
-            | TcpState::SynSent2 => true,
-            TcpState::FinWait
-            | TcpState::CloseWait
-            | TcpState::LastAck
-            | TcpState::TimeWait
-            | TcpState::Close => false,
-        }
-    }
-}
-
-/// One direction's accounting (`CTA_COUNTERS_ORIG` / `CTA_COUNTERS_REPLY`); the kernel only
-/// reports them when `net.netfilter.nf_conntrack_acct` was on when the entry was created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counters {
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-/// A conntrack entry as the kernel reports it (GET answer, dump element or event).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CtEntry {
-    pub orig: Tuple,
-    /// After DNAT the reply comes from the real server: `reply.src` is its address (fact 1).
-    pub reply: Tuple,
-    /// `CTA_MARK`; 0 when absent (events leave out a zero mark).
-    pub mark: u32,
-    /// `CTA_STATUS` bits (see [`status`]); 0 when absent.
-    pub status: u32,
-    pub tcp_state: Option<TcpState>,
-    pub id: Option<u32>,
-    /// Seconds left before the entry expires.
-    pub timeout: Option<u32>,
-    pub counters_orig: Option<Counters>,
-    pub counters_reply: Option<Counters>,
-}
-
-impl CtEntry {
-    /// A balanced connection a new SYN for its tuple belongs to (a retransmission, design.md
-    /// fact 6): DNATed — by nfvs (`mark`) or by the `--overload fallback` rule — and in a state
-    /// up to ESTABLISHED. Anything else with the tuple is finished, or would take the SYN to
-    /// the director itself, and must make way for a new entry.
-    pub fn is_live_balanced(&self, mark: u32) -> bool {
-        (self.mark == mark || self.status & status::DST_NAT != 0) && self.tcp_state.is_none_or(TcpState::is_alive_for_reuse)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CtEventKind {
-    New,
-    Update,
-    Destroy,
+    /// A valid entry nfvs cannot have made: another address family than IPv4 and IPv6, or
+    /// another protocol than TCP and UDP (model::Protocol). Skipped in dumps and events.
+    #[error("conntrack entry nfvs does not balance ({0})")]
+    NotOurs(&'static str),
 }
 
 impl CtEventKind {
@@ -297,12 +188,6 @@ impl CtEventKind {
             CtEventKind::Destroy => libc::NFNLGRP_CONNTRACK_DESTROY,
         }) as u32
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CtEvent {
-    pub kind: CtEventKind,
-    pub entry: CtEntry,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -328,13 +213,16 @@ pub fn build_create(buf: &mut Vec<u8>, seq: u32, m: &CtMapping) {
 /// netlink messages in one `sendmsg` are processed in order by `netlink_rcv_skb`), with
 /// `extra` flags (`NLM_F_ACK`, or 0: then only a failure is answered).
 pub fn append_create(buf: &mut Vec<u8>, seq: u32, extra: u16, m: &CtMapping) {
-    let at = begin(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | extra | NLM_F_EXCL | NLM_F_CREATE, seq);
+    let at = begin(buf, IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | extra | NLM_F_EXCL | NLM_F_CREATE, seq, family(&m.orig));
     put_tuple(buf, CTA_TUPLE_ORIG, &m.orig);
     put_tuple(buf, CTA_TUPLE_REPLY, &m.reply);
     put_attr(buf, CTA_TIMEOUT, &m.timeout.to_be_bytes());
     put_attr(buf, CTA_MARK, &m.mark.to_be_bytes());
     let nat = nest_start(buf, CTA_NAT_DST);
-    put_attr(buf, CTA_NAT_V4_MINIP, &m.nat_dst.ip().octets());
+    match m.nat_dst.ip() {
+        IpAddr::V4(a) => put_attr(buf, CTA_NAT_V4_MINIP, &a.octets()),
+        IpAddr::V6(a) => put_attr(buf, CTA_NAT_V6_MINIP, &a.octets()),
+    }
     let proto = nest_start(buf, CTA_NAT_PROTO);
     put_attr(buf, CTA_PROTONAT_PORT_MIN, &m.nat_dst.port().to_be_bytes());
     put_attr(buf, CTA_PROTONAT_PORT_MAX, &m.nat_dst.port().to_be_bytes());
@@ -350,7 +238,7 @@ pub fn append_create(buf: &mut Vec<u8>, seq: u32, extra: u16, m: &CtMapping) {
 /// one recv completes the call (`netlink_rcv_skb` acks only on error or `NLM_F_ACK`).
 pub fn build_get(buf: &mut Vec<u8>, seq: u32, orig: &Tuple) {
     buf.clear();
-    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST, seq);
+    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST, seq, family(orig));
     put_tuple(buf, CTA_TUPLE_ORIG, orig);
     finish(buf, at);
 }
@@ -366,7 +254,7 @@ pub fn build_delete(buf: &mut Vec<u8>, seq: u32, orig: &Tuple) {
 
 /// [`build_delete`] appended to `buf`, with `extra` flags (see [`append_create`]).
 pub fn append_delete(buf: &mut Vec<u8>, seq: u32, extra: u16, orig: &Tuple) {
-    let at = begin(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | extra, seq);
+    let at = begin(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | extra, seq, family(orig));
     put_tuple(buf, CTA_TUPLE_ORIG, orig);
     finish(buf, at);
 }
@@ -377,7 +265,7 @@ pub fn append_delete(buf: &mut Vec<u8>, seq: u32, extra: u16, orig: &Tuple) {
 /// here: bits of `mark` outside `mask` would otherwise make the dump match nothing.
 pub fn build_dump(buf: &mut Vec<u8>, seq: u32, mark: u32, mask: u32) {
     buf.clear();
-    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, AF_INET);
     put_attr(buf, CTA_MARK, &(mark & mask).to_be_bytes());
     put_attr(buf, CTA_MARK_MASK, &mask.to_be_bytes());
     finish(buf, at);
@@ -387,15 +275,15 @@ pub fn build_dump(buf: &mut Vec<u8>, seq: u32, mark: u32, mask: u32) {
 /// over `proto`, whatever their mark: `CTA_TUPLE_ORIG` with only those fields, and
 /// `CTA_FILTER` saying they are the ones to match (ctnetlink_alloc_filter, Linux 5.8+), so the
 /// kernel sends only them. It still walks the whole table to find them.
-pub fn build_dump_to(buf: &mut Vec<u8>, seq: u32, proto: u8, dst: Ipv4Addr, dport: Option<u16>) {
+pub fn build_dump_to(buf: &mut Vec<u8>, seq: u32, proto: Protocol, dst: IpAddr, dport: Option<u16>) {
     buf.clear();
-    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq);
+    let at = begin(buf, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family_of(dst));
     let tuple = nest_start(buf, CTA_TUPLE_ORIG);
     let ip = nest_start(buf, CTA_TUPLE_IP);
-    put_attr(buf, CTA_IP_V4_DST, &dst.octets());
+    put_addr(buf, CTA_IP_V4_DST, CTA_IP_V6_DST, dst);
     nest_end(buf, ip);
     let p = nest_start(buf, CTA_TUPLE_PROTO);
-    put_attr(buf, CTA_PROTO_NUM, &[proto]);
+    put_attr(buf, CTA_PROTO_NUM, &[proto.number()]);
     let mut flags = CTA_FILTER_F_CTA_IP_DST | CTA_FILTER_F_CTA_PROTO_NUM;
     if let Some(port) = dport {
         put_attr(buf, CTA_PROTO_DST_PORT, &port.to_be_bytes());
@@ -409,21 +297,41 @@ pub fn build_dump_to(buf: &mut Vec<u8>, seq: u32, proto: u8, dst: Ipv4Addr, dpor
     finish(buf, at);
 }
 
-/// Starts a ctnetlink message (family AF_INET; res_id is unused by ctnetlink).
-fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32) -> usize {
-    nlmsg::begin(buf, NFNL_SUBSYS_CTNETLINK, op, flags, seq, AF_INET, 0)
+/// Starts a ctnetlink message of address family `family` (res_id is unused by ctnetlink).
+fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32, family: u8) -> usize {
+    nlmsg::begin(buf, NFNL_SUBSYS_CTNETLINK, op, flags, seq, family, 0)
 }
 
-/// `CTA_TUPLE_* { CTA_TUPLE_IP { V4_SRC, V4_DST }, CTA_TUPLE_PROTO { NUM, SRC_PORT, DST_PORT } }`
-/// for a TCP/UDP tuple (nfvs balances nothing else: packet.rs).
+/// The nfgenmsg family of a tuple: its addresses' (both are of one family, model::Tuple).
+fn family(t: &Tuple) -> u8 {
+    family_of(t.src)
+}
+
+fn family_of(a: IpAddr) -> u8 {
+    match a {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    }
+}
+
+/// An address attribute: the IPv4 or the IPv6 type of the pair, by the address's family.
+fn put_addr(buf: &mut Vec<u8>, v4: u16, v6: u16, a: IpAddr) {
+    match a {
+        IpAddr::V4(a) => put_attr(buf, v4, &a.octets()),
+        IpAddr::V6(a) => put_attr(buf, v6, &a.octets()),
+    }
+}
+
+/// `CTA_TUPLE_* { CTA_TUPLE_IP { V4_SRC, V4_DST } (or V6_*), CTA_TUPLE_PROTO { NUM, SRC_PORT,
+/// DST_PORT } }` for a TCP/UDP tuple (nfvs balances nothing else: model::Protocol).
 fn put_tuple(buf: &mut Vec<u8>, ty: u16, t: &Tuple) {
     let tuple = nest_start(buf, ty);
     let ip = nest_start(buf, CTA_TUPLE_IP);
-    put_attr(buf, CTA_IP_V4_SRC, &t.src.octets());
-    put_attr(buf, CTA_IP_V4_DST, &t.dst.octets());
+    put_addr(buf, CTA_IP_V4_SRC, CTA_IP_V6_SRC, t.src);
+    put_addr(buf, CTA_IP_V4_DST, CTA_IP_V6_DST, t.dst);
     nest_end(buf, ip);
     let proto = nest_start(buf, CTA_TUPLE_PROTO);
-    put_attr(buf, CTA_PROTO_NUM, &[t.proto]);
+    put_attr(buf, CTA_PROTO_NUM, &[t.proto.number()]);
     put_attr(buf, CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
     put_attr(buf, CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
     nest_end(buf, proto);
@@ -544,8 +452,13 @@ fn be_counter(p: &[u8]) -> Result<u64, CtError> {
     }
 }
 
-fn ipv4(p: &[u8]) -> Result<Ipv4Addr, CtError> {
-    be_u32(p).map(Ipv4Addr::from)
+fn ipv4(p: &[u8]) -> Result<IpAddr, CtError> {
+    be_u32(p).map(|a| Ipv4Addr::from(a).into())
+}
+
+fn ipv6(p: &[u8]) -> Result<IpAddr, CtError> {
+    let b: [u8; 16] = p.get(..16).and_then(|b| b.try_into().ok()).ok_or(CtError::Malformed("short IPv6 address"))?;
+    Ok(Ipv6Addr::from(b).into())
 }
 
 /// Parses one conntrack entry message: a GET answer, a dump element or an event, as received
@@ -590,10 +503,14 @@ fn entry_from_msg(m: &NlMsg<'_>) -> Result<CtEntry, CtError> {
         return Err(CtError::Malformed("not a conntrack entry message"));
     }
     let nfgen = m.payload.get(..NFGENMSG_LEN).ok_or(CtError::Malformed("truncated nfgenmsg"))?;
-    if nfgen[0] != AF_INET {
-        return Err(CtError::NotIpv4(nfgen[0]));
+    if nfgen[0] != AF_INET && nfgen[0] != AF_INET6 {
+        return Err(CtError::NotOurs("not IPv4 or IPv6"));
     }
-    parse_entry_attrs(m.payload.get(NFGENMSG_LEN..).unwrap_or(&[]))
+    let e = parse_entry_attrs(m.payload.get(NFGENMSG_LEN..).unwrap_or(&[]))?;
+    if e.orig.src.is_ipv4() != (nfgen[0] == AF_INET) || e.reply.src.is_ipv4() != (nfgen[0] == AF_INET) {
+        return Err(CtError::Malformed("tuple addresses of another family than the message's"));
+    }
+    Ok(e)
 }
 
 fn parse_entry_attrs(attrs: &[u8]) -> Result<CtEntry, CtError> {
@@ -639,6 +556,8 @@ fn parse_tuple(p: &[u8]) -> Result<Tuple, CtError> {
                     match a? {
                         (CTA_IP_V4_SRC, v) => src = Some(ipv4(v)?),
                         (CTA_IP_V4_DST, v) => dst = Some(ipv4(v)?),
+                        (CTA_IP_V6_SRC, v) => src = Some(ipv6(v)?),
+                        (CTA_IP_V6_DST, v) => dst = Some(ipv6(v)?),
                         _ => {}
                     }
                 }
@@ -660,8 +579,12 @@ fn parse_tuple(p: &[u8]) -> Result<Tuple, CtError> {
         }
     }
     match (src, dst, proto) {
-        (Some(src), Some(dst), Some(proto)) => Ok(Tuple { src, dst, sport, dport, proto }),
-        (None, _, _) | (_, None, _) => Err(CtError::Malformed("tuple without IPv4 addresses")),
+        (Some(src), Some(dst), Some(proto)) if src.is_ipv4() == dst.is_ipv4() => {
+            let proto = Protocol::from_number(proto).ok_or(CtError::NotOurs("not TCP or UDP"))?;
+            Ok(Tuple { src, dst, sport, dport, proto })
+        }
+        (Some(_), Some(_), Some(_)) => Err(CtError::Malformed("tuple with addresses of two families")),
+        (None, _, _) | (_, None, _) => Err(CtError::Malformed("tuple without addresses")),
         _ => Err(CtError::Malformed("tuple without CTA_PROTO_NUM")),
     }
 }
@@ -683,8 +606,8 @@ fn parse_protoinfo(p: &[u8]) -> Result<Option<TcpState>, CtError> {
     Ok(state)
 }
 
-fn parse_counters(p: &[u8]) -> Result<Counters, CtError> {
-    let mut c = Counters::default();
+fn parse_counters(p: &[u8]) -> Result<CtCounters, CtError> {
+    let mut c = CtCounters::default();
     for attr in Attrs::new(p) {
         match attr? {
             (CTA_COUNTERS_PACKETS | CTA_COUNTERS32_PACKETS, v) => c.packets = be_counter(v)?,
@@ -878,7 +801,7 @@ impl Conntrack {
 
     /// Every IPv4 entry whose original direction goes to `dst` (and `dport`, if given) over
     /// `proto` (filtered by the kernel: [`build_dump_to`]).
-    pub fn dump_to(&mut self, proto: u8, dst: Ipv4Addr, dport: Option<u16>) -> Result<Vec<CtEntry>, CtError> {
+    pub fn dump_to(&mut self, proto: Protocol, dst: IpAddr, dport: Option<u16>) -> Result<Vec<CtEntry>, CtError> {
         let seq = self.next_seq();
         build_dump_to(&mut self.tx, seq, proto, dst, dport);
         self.dump_sent(seq)
@@ -893,7 +816,7 @@ impl Conntrack {
                 Ok(())
             }
             // The request asks for AF_INET only; anything else is not ours to count.
-            Err(CtError::NotIpv4(_)) => Ok(()),
+            Err(CtError::NotOurs(_)) => Ok(()),
             Err(e) => Err(e),
         })?;
         match answer {
@@ -1032,7 +955,7 @@ fn push_events(data: &[u8], out: &mut Vec<CtEvent>) -> Result<(), CtError> {
         }
         match event_from_msg(&m) {
             Ok(ev) => out.push(ev),
-            Err(CtError::NotIpv4(_)) => {}
+            Err(CtError::NotOurs(_)) => {}
             Err(e) => return Err(e),
         }
     }
@@ -1049,13 +972,14 @@ impl AsRawFd for CtEvents {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddrV4;
+    use std::net::SocketAddr;
 
     use crate::kernel::nlmsg::NLA_F_NESTED;
 
     use proptest::prelude::*;
 
     use super::*;
+    use crate::model::status;
 
     /// Annotated captures from conntrack-tools (see the file's header for how they were made).
     mod cap {
@@ -1093,18 +1017,18 @@ mod tests {
         bufs
     }
 
-    fn tuple(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: u8) -> Tuple {
-        Tuple { src: Ipv4Addr::from(src), dst: Ipv4Addr::from(dst), sport, dport, proto }
+    fn tuple(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: Protocol) -> Tuple {
+        Tuple { src: src.into(), dst: dst.into(), sport, dport, proto }
     }
 
     /// The captured flow: 192.168.199.1:40000 -> 192.168.199.200:80, DNAT to
     /// 192.168.226.131:80, mark 7, timeout 120.
-    fn captured_mapping(proto: u8) -> CtMapping {
+    fn captured_mapping(proto: Protocol) -> CtMapping {
         let orig = tuple([192, 168, 199, 1], 40000, [192, 168, 199, 200], 80, proto);
         CtMapping {
             orig,
             reply: orig.inverse(),
-            nat_dst: SocketAddrV4::new(Ipv4Addr::new(192, 168, 226, 131), 80),
+            nat_dst: SocketAddr::new(Ipv4Addr::new(192, 168, 226, 131).into(), 80),
             mark: 7,
             timeout: 120,
         }
@@ -1143,7 +1067,7 @@ mod tests {
     #[test]
     fn create_udp_is_byte_for_byte_conntrack_insert() {
         let mut buf = Vec::new();
-        build_create(&mut buf, CAPTURED_SEQ, &captured_mapping(17));
+        build_create(&mut buf, CAPTURED_SEQ, &captured_mapping(Protocol::Udp));
         let mut expected = cap::CREATE_UDP.to_vec();
         // The one byte that differs is padding the tool leaves uninitialised; nfvs zeroes it.
         assert_eq!(expected[cap::REPLY_PAD_OFFSET], 0x10);
@@ -1158,7 +1082,7 @@ mod tests {
     #[test]
     fn create_tcp_is_conntrack_insert_without_protoinfo() {
         let mut buf = Vec::new();
-        build_create(&mut buf, CAPTURED_SEQ, &captured_mapping(6));
+        build_create(&mut buf, CAPTURED_SEQ, &captured_mapping(Protocol::Tcp));
 
         let mut expected = cap::CREATE_TCP.to_vec();
         let protoinfo: Vec<u8> = expected.drain(cap::PROTOINFO_RANGE).collect();
@@ -1193,7 +1117,7 @@ mod tests {
     fn get_carries_the_same_tuple_as_conntrack_get() {
         let tool = &strace_buffers(STRACE_GET_TCP)[0];
         let mut buf = Vec::new();
-        build_get(&mut buf, CAPTURED_SEQ, &captured_mapping(6).orig);
+        build_get(&mut buf, CAPTURED_SEQ, &captured_mapping(Protocol::Tcp).orig);
 
         let type_of = |m: &[u8]| u16::from_ne_bytes([m[4], m[5]]);
         let flags_of = |m: &[u8]| u16::from_ne_bytes([m[6], m[7]]);
@@ -1216,7 +1140,7 @@ mod tests {
         let bufs = strace_buffers(STRACE_DELETE_TCP);
         let tool = bufs.iter().find(|b| b.len() > 5 && b[4..6] == [0x02, 0x01]).expect("delete");
         let mut buf = Vec::new();
-        build_delete(&mut buf, CAPTURED_SEQ, &captured_mapping(6).orig);
+        build_delete(&mut buf, CAPTURED_SEQ, &captured_mapping(Protocol::Tcp).orig);
         assert_eq!(buf[4..20], tool[4..20], "type, flags (REQUEST|ACK), seq, pid, nfgenmsg");
         let (ours, theirs) = (top_attrs(&buf), top_attrs(tool));
         assert_eq!(ours.len(), 1);
@@ -1228,7 +1152,7 @@ mod tests {
         let mut buf = Vec::with_capacity(256);
         let ptr = buf.as_ptr();
         for i in 0..100u16 {
-            let mut m = captured_mapping(6);
+            let mut m = captured_mapping(Protocol::Tcp);
             m.orig.sport = i;
             build_create(&mut buf, u32::from(i), &m);
             build_get(&mut buf, 1, &m.orig);
@@ -1243,9 +1167,9 @@ mod tests {
     #[test]
     fn parses_conntrack_get_answer_tcp() {
         let e = parse_entry(&cap::GET_TCP_REPLY).unwrap();
-        assert_eq!(e.orig, tuple([192, 168, 199, 1], 40000, [192, 168, 199, 200], 80, 6));
+        assert_eq!(e.orig, tuple([192, 168, 199, 1], 40000, [192, 168, 199, 200], 80, Protocol::Tcp));
         // After DNAT the reply comes from the real server (design.md fact 1).
-        assert_eq!(e.reply, tuple([192, 168, 226, 131], 80, [192, 168, 199, 1], 40000, 6));
+        assert_eq!(e.reply, tuple([192, 168, 226, 131], 80, [192, 168, 199, 1], 40000, Protocol::Tcp));
         assert_eq!(e.mark, 7);
         assert_eq!(e.status, 0x1a8);
         assert_eq!(e.status & status::DST_NAT, status::DST_NAT);
@@ -1253,21 +1177,21 @@ mod tests {
         assert_eq!(e.tcp_state, Some(TcpState::SynSent));
         assert_eq!(e.id, Some(0xe692_3f9e));
         assert_eq!(e.timeout, Some(119));
-        assert_eq!(e.counters_orig, Some(Counters { packets: 0, bytes: 0 }));
-        assert_eq!(e.counters_reply, Some(Counters { packets: 0, bytes: 0 }));
+        assert_eq!(e.counters_orig, Some(CtCounters { packets: 0, bytes: 0 }));
+        assert_eq!(e.counters_reply, Some(CtCounters { packets: 0, bytes: 0 }));
     }
 
     #[test]
     fn parses_conntrack_get_answer_udp_with_counters() {
         let e = parse_entry(&cap::GET_UDP_REPLY).unwrap();
-        assert_eq!(e.orig, tuple([192, 168, 199, 1], 40000, [192, 168, 199, 200], 80, 17));
-        assert_eq!(e.reply, tuple([192, 168, 226, 131], 80, [192, 168, 199, 1], 40000, 17));
+        assert_eq!(e.orig, tuple([192, 168, 199, 1], 40000, [192, 168, 199, 200], 80, Protocol::Udp));
+        assert_eq!(e.reply, tuple([192, 168, 226, 131], 80, [192, 168, 199, 1], 40000, Protocol::Udp));
         assert_eq!(e.mark, 7);
         assert_eq!(e.tcp_state, None);
         assert_eq!(e.id, Some(0x954f_6da3));
         assert_eq!(e.timeout, Some(29));
-        assert_eq!(e.counters_orig, Some(Counters { packets: 2, bytes: 72 }));
-        assert_eq!(e.counters_reply, Some(Counters { packets: 0, bytes: 0 }));
+        assert_eq!(e.counters_orig, Some(CtCounters { packets: 2, bytes: 72 }));
+        assert_eq!(e.counters_reply, Some(CtCounters { packets: 0, bytes: 0 }));
     }
 
     #[test]
@@ -1301,8 +1225,8 @@ mod tests {
         assert_eq!(answer.unwrap(), None, "no NLMSG_DONE yet");
         let answer = handle_datagram(&bufs[2], CAPTURED_SEQ, false, &mut |_| panic!("no entry"));
         assert_eq!(answer.unwrap(), Some(Answer::Done));
-        let protos: Vec<u8> = entries.iter().map(|e| e.orig.proto).collect();
-        assert_eq!(protos, [6, 17]);
+        let protos: Vec<Protocol> = entries.iter().map(|e| e.orig.proto).collect();
+        assert_eq!(protos, [Protocol::Tcp, Protocol::Udp]);
         assert!(entries.iter().all(|e| e.mark == 7));
     }
 
@@ -1322,7 +1246,7 @@ mod tests {
     fn parses_events() {
         let new = parse_event(&cap::EVENT_NEW).unwrap();
         assert_eq!(new.kind, CtEventKind::New);
-        assert_eq!(new.entry.orig, tuple([192, 168, 199, 1], 40000, [192, 168, 199, 200], 80, 6));
+        assert_eq!(new.entry.orig, tuple([192, 168, 199, 1], 40000, [192, 168, 199, 200], 80, Protocol::Tcp));
         assert_eq!(new.entry.reply.src, Ipv4Addr::new(192, 168, 226, 131));
         assert_eq!(new.entry.mark, 7);
         assert_eq!(new.entry.tcp_state, Some(TcpState::SynSent));
@@ -1337,7 +1261,7 @@ mod tests {
         assert_eq!(destroy.entry.mark, 8);
         assert_eq!(destroy.entry.status & status::DYING, status::DYING);
         assert_eq!(destroy.entry.tcp_state, Some(TcpState::SynSent));
-        assert_eq!(destroy.entry.counters_orig, Some(Counters::default()));
+        assert_eq!(destroy.entry.counters_orig, Some(CtCounters::default()));
 
         // All five captured events: UDP NEW, TCP NEW (ours), TCP NEW (mark 9), UPDATE, DESTROY.
         let kinds: Vec<(CtEventKind, u32)> = strace_buffers(STRACE_EVENTS_TCP)
@@ -1352,7 +1276,10 @@ mod tests {
     fn rejects_other_families_and_messages() {
         let mut v6 = cap::GET_TCP_REPLY;
         v6[16] = libc::AF_INET6 as u8;
-        assert!(matches!(parse_entry(&v6), Err(CtError::NotIpv4(10))));
+        assert!(matches!(parse_entry(&v6), Err(CtError::Malformed(_))), "AF_INET6 with IPv4 addresses");
+        let mut other = cap::GET_TCP_REPLY;
+        other[16] = libc::AF_BRIDGE as u8;
+        assert!(matches!(parse_entry(&other), Err(CtError::NotOurs(_))));
         assert!(matches!(parse_entry(&cap::CREATE_ACK), Err(CtError::Malformed(_))));
         assert!(matches!(parse_entry(&[]), Err(CtError::Malformed(_))));
         // An entry without its reply tuple.
@@ -1387,7 +1314,7 @@ mod tests {
 
     #[test]
     fn live_balanced_means_dnated_and_not_finished() {
-        let t = Tuple { src: Ipv4Addr::new(10, 0, 0, 1), dst: Ipv4Addr::new(10, 0, 0, 2), sport: 1, dport: 80, proto: 6 };
+        let t = Tuple { src: [10, 0, 0, 1].into(), dst: [10, 0, 0, 2].into(), sport: 1, dport: 80, proto: Protocol::Tcp };
         let e = |mark, status, tcp_state| CtEntry {
             orig: t,
             reply: t,
@@ -1487,11 +1414,12 @@ mod tests {
             tcp in any::<bool>(), mark in any::<u32>(), rip in any::<u32>(), rport in any::<u16>(),
         ) {
             let orig = Tuple {
-                src: src.into(), dst: dst.into(), sport, dport, proto: if tcp { 6 } else { 17 },
+                src: Ipv4Addr::from(src).into(), dst: Ipv4Addr::from(dst).into(), sport, dport,
+                proto: if tcp { Protocol::Tcp } else { Protocol::Udp },
             };
             let m = CtMapping {
                 orig, reply: orig.inverse(),
-                nat_dst: SocketAddrV4::new(rip.into(), rport), mark, timeout: 120,
+                nat_dst: SocketAddr::new(Ipv4Addr::from(rip).into(), rport), mark, timeout: 120,
             };
             let mut buf = Vec::new();
             build_create(&mut buf, 1, &m);
