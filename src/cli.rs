@@ -156,11 +156,11 @@ pub enum OverloadArg {
     Fallback,
 }
 
-impl From<OverloadArg> for crate::daemon::Overload {
+impl From<OverloadArg> for crate::ruleset::Overload {
     fn from(o: OverloadArg) -> Self {
         match o {
-            OverloadArg::Drop => crate::daemon::Overload::Drop,
-            OverloadArg::Fallback => crate::daemon::Overload::Fallback,
+            OverloadArg::Drop => crate::ruleset::Overload::Drop,
+            OverloadArg::Fallback => crate::ruleset::Overload::Fallback,
         }
     }
 }

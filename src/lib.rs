@@ -14,6 +14,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod engine;
+pub mod events;
 pub mod kernel;
 pub mod listing;
 pub mod model;

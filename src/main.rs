@@ -67,14 +67,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rules { table } => {
             let t = config::load_rules(&table.rules)?;
-            let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue, table.net.queues, table.net.overload.into(), table.net.ct_mark);
+            let rs = nfvs::ruleset::for_table(&t, &table.net.masquerade, table.net.queue, table.net.queues, table.net.overload.into(), table.net.ct_mark);
             rs.validate()?;
             print!("{}", rs.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { rules } => {
             let t = config::load_rules(&rules)?;
-            let rs = daemon::ruleset_for(&t, &[], 0, 1, daemon::Overload::Drop, daemon::DEFAULT_CT_MARK);
+            let rs = nfvs::ruleset::for_table(&t, &[], 0, 1, nfvs::ruleset::Overload::Drop, nfvs::ruleset::DEFAULT_CT_MARK);
             rs.validate()?;
             print!("{}", listing::save(&t, true, &listing::PortNames::none()));
             Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@
 //! [`Ruleset::render`] prints it as `nft` text for `nfvs rules`, for admins who manage their
 //! rules themselves (`rules/nfvs.nft`), and for tests that compare it with the kernel's listing.
 //!
-//! The table has three chains:
+//! The table has four chains:
 //!
 //! - `divert` (filter, prerouting, priority raw = -300): sends the SYN of every new connection
 //!   to a virtual service to NFQUEUE. Raw priority runs before conntrack (-200), so the daemon
@@ -44,7 +44,8 @@ use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use crate::service::Protocol;
+use crate::model::Protocol;
+use crate::service::Table;
 
 /// The name of our table (family `ip`). Users see and may script against it: keep it stable.
 pub const TABLE: &str = "nfvs";
@@ -393,6 +394,61 @@ fn render_queue(q: &QueueSpec) -> String {
     }
     s
 }
+
+/// The conntrack mark nfvs puts on the entries it creates ("nfvs" in ASCII), so it can find
+/// them in dumps and events. Changeable with `--ct-mark` where it clashes with a firewall's
+/// own use of ct marks.
+pub const DEFAULT_CT_MARK: u32 = 0x6e66_7673;
+
+/// What happens to new connections the daemon cannot take: SYNs beyond what the queue holds,
+/// and all SYNs while no daemon is bound to the queue (crashed, or restarting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overload {
+    /// The kernel drops them; clients retry (after ~1 s, then 3 s, ...). Every balanced
+    /// connection is the daemon's decision.
+    #[default]
+    Drop,
+    /// They go on to a static kernel rule that balances them by weight (design.md fact 7):
+    /// nothing is refused, but these connections bypass the scheduler and its counters. The
+    /// queue gets fail-open and bypass.
+    Fallback,
+}
+
+/// The wanted ruleset for a table of services.
+pub fn for_table(
+    table: &Table,
+    masquerade: &[Cidr],
+    queue: u16,
+    queues: u16,
+    overload: Overload,
+    ct_mark: u32,
+) -> Ruleset {
+    let diverts = table
+        .services()
+        .iter()
+        .map(|s| {
+            let k = s.key();
+            Divert { proto: k.proto, vip: k.addr, port: k.port }
+        })
+        .collect();
+    let fallback = match overload {
+        Overload::Drop => Vec::new(),
+        Overload::Fallback => table
+            .services()
+            .iter()
+            .filter(|s| s.key().proto == Protocol::Tcp)
+            .map(|s| FallbackRule {
+                vip: s.key().addr,
+                port: s.key().port,
+                servers: s.dests.iter().map(|d| (d.addr, d.port, d.weight)).collect(),
+            })
+            .filter(|f| !f.steps().is_empty())
+            .collect(),
+    };
+    let queue = QueueSpec { num: queue, total: queues, bypass: overload == Overload::Fallback, fanout: queues > 1 };
+    Ruleset { queue, diverts, masquerade: masquerade.to_vec(), fallback, events_mark: Some(ct_mark) }
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -507,6 +507,9 @@ fn sighup_reload_is_all_or_nothing() {
     d.signal(libc::SIGHUP).unwrap();
     d.wait_for_log("SIGHUP: reloaded", Duration::from_secs(5)).unwrap();
     assert_eq!(adm.save(), SEED_SAVE);
+    // Issue 10: the log says which live edit the file undid, not only how many changes.
+    let undone = d.log_lines("SIGHUP: edited real server").join("\n");
+    assert!(undone.contains("SIGHUP: edited real server 192.168.226.130:80 weight 1 of -t 192.168.199.200:80"), "{undone}");
     let _ = fs::remove_file(&rules);
     assert_eq!(curl_rs(&lab), RS2.to_string());
 }

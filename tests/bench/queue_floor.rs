@@ -20,7 +20,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use nfvs::daemon::{block_signals, pin_to_queue_cpus, ruleset_for, Overload};
+use nfvs::kernel::os::{block_signals, pin_to_queue_cpus};
+use nfvs::ruleset::{self, Overload};
 use nfvs::kernel::nfqueue::{parse_datagram, Msg, Outbox, Queue, QueueConfig, Verdict};
 use nfvs::kernel::nftables;
 use nfvs::sched::SchedOptions;
@@ -47,14 +48,14 @@ fn main() -> anyhow::Result<()> {
     }
     let table = nfvs::config::load_rules_with(Path::new(&pos[0]), SchedOptions::default())?;
     let masq = [pos[1].parse().with_context(|| format!("masquerade network {:?}", pos[1]))?];
-    let mut rs = ruleset_for(&table, &masq, 0, queues, Overload::Fallback, 0x6e66_7673);
+    let mut rs = ruleset::for_table(&table, &masq, 0, queues, Overload::Fallback, 0x6e66_7673);
     if no_queue {
         rs.diverts.clear();
     }
     rs.validate()?;
 
     // Signals go to sigwait below, not to whichever thread happens to run (nfvs's own mask).
-    let set = block_signals();
+    let signals = block_signals();
     // Queues first, then the rule that feeds them (design.md fact 9).
     // The queue's buffers hold raw pointers (not Send): each worker opens its own queue and
     // says when it is bound.
@@ -83,9 +84,7 @@ fn main() -> anyhow::Result<()> {
     nftables::apply(&rs, nftables::detect_queue_impl()?)?;
     let what = if no_queue { "no queue".to_string() } else { format!("{queues} queue(s){}", if pin { ", pinned" } else { "" }) };
     eprintln!("queue_floor: table ip nfvs installed, {what}");
-    let mut sig = 0;
-    // SAFETY: `set` is a valid sigset_t; sigwait writes the signal number into `sig`.
-    unsafe { libc::sigwait(&set, &mut sig) };
+    signals.wait();
     nftables::remove()?;
     Ok(())
 }
