@@ -53,6 +53,9 @@
 #   ONLY ["sched rounds rss churn"]: the phases to run, e.g. ONLY=churn for the churn alone
 #   (the report then holds only what ran).
 #   NFVS_BIN: run this nfvs binary instead of building one.
+#   NFVS_BASE_BIN: another nfvs binary (e.g. a build of the commit before a change), run with
+#   nfvs's settings as the contender `nfvs-base` (add it to CONTENDERS), so a change is
+#   measured against what it replaces in one run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -103,7 +106,10 @@ done
 phase() { [[ " $ONLY " == *" $1 "* ]]; }
 for c in $CONCS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONCS: '$c' is not a concurrency"; done
 for c in $CONTENDERS; do
-    case $c in kernel | haproxy | nfvs | nfvs-pin | nfvs-info | floor-table | floor | floor-pin) ;; *) die "unknown contender '$c' (kernel haproxy nfvs nfvs-pin nfvs-info floor-table floor floor-pin)" ;; esac
+    case $c in kernel | haproxy | nfvs | nfvs-pin | nfvs-info | floor-table | floor | floor-pin) ;;
+        nfvs-base) [[ -x ${NFVS_BASE_BIN:-} ]] || die "contender nfvs-base needs NFVS_BASE_BIN, an nfvs binary" ;;
+        *) die "unknown contender '$c' (kernel haproxy nfvs nfvs-base nfvs-pin nfvs-info floor-table floor floor-pin)" ;;
+    esac
 done
 [[ $(id -u) == 0 ]] || die "must run as root: the lab uses network namespaces (try: sudo $0)"
 if [[ -d $HOME/.cargo/bin && :$PATH: != *:$HOME/.cargo/bin:* ]]; then
@@ -220,13 +226,14 @@ stop_haproxy() {
 
 NFVS_LOG=
 start_nfvs() { # LEVEL [extra nfvs run arguments]
-    local level=$1
+    local level=$1 bin=$NFVS
     shift
+    [[ $CUR == nfvs-base ]] && bin=$(realpath "$NFVS_BASE_BIN")
     NFVS_LOG=$LOGS/$CUR-r$ROUND.log
     [[ $ROUND == rss || $ROUND == churn ]] && NFVS_LOG=$LOGS/nfvs-$ROUND.log
     mkdir -p "$RUN/state"
     # `ip netns exec` and `env` exec in place: $! is nfvs itself.
-    ip netns exec "$DIR_NS" env RUST_LOG="$level" "$NFVS" run --rules scripts/bench/bench.rules --masquerade "$RS_NET" \
+    ip netns exec "$DIR_NS" env RUST_LOG="$level" "$bin" run --rules scripts/bench/bench.rules --masquerade "$RS_NET" \
         --state-dir "$RUN/state" --control "$RUN/control.sock" --drain-timeout 0 "$@" >"$NFVS_LOG" 2>&1 &
     CUR_PID=$!
     PIDS+=("$CUR_PID")
@@ -301,7 +308,7 @@ start_contender() {
     case $1 in
         kernel) start_kernel ;;
         haproxy) start_haproxy ;;
-        nfvs) start_nfvs warn ;;
+        nfvs | nfvs-base) start_nfvs warn ;;
         nfvs-pin) start_nfvs warn --queues auto --pin-workers ;;
         nfvs-info) start_nfvs info ;;
         floor-table) start_floor --no-queue ;;
@@ -313,7 +320,7 @@ stop_contender() {
     case $1 in
         kernel) stop_kernel ;;
         haproxy) stop_haproxy ;;
-        nfvs | nfvs-pin | nfvs-info) stop_nfvs ;;
+        nfvs | nfvs-base | nfvs-pin | nfvs-info) stop_nfvs ;;
         floor-table | floor | floor-pin) stop_floor ;;
     esac
     CUR=

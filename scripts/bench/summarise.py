@@ -26,6 +26,7 @@ LABELS = {
     "kernel": "kernel-only (nft dnat)",
     "haproxy": "HAProxy (tcp)",
     "nfvs": "nfvs (RUST_LOG=warn)",
+    "nfvs-base": "nfvs before the change (NFVS_BASE_BIN, warn)",
     "nfvs-pin": "nfvs --queues auto --pin-workers (warn)",
     "nfvs-info": "nfvs (RUST_LOG=info)",
     "floor-table": "floor: nfvs's table, no queue",
@@ -372,7 +373,8 @@ def main():
             p(f"| {t} | {m} | {'yes' if ok else 'no'} |")
         p()
 
-    floor_pairs = [(f, n) for f, n in (("floor", "nfvs"), ("floor-pin", "nfvs-pin")) if f in conts]
+    floor_pairs = [(f, n) for f, n in (("floor", "nfvs"), ("floor", "nfvs-base"), ("floor-pin", "nfvs-pin"))
+                   if f in conts and n in conts]
     if (floor_pairs or "floor-table" in conts) and BASELINE in conts:
         p("## The data path's floor")
         p()

@@ -71,13 +71,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Connections balanced by an earlier run (a restart): count them as if nfvs had never
     // stopped. The daemon's clock starts at zero here.
     engine.count_existing(&ct.dump(opts.ct_mark, u32::MAX)?, Duration::ZERO, false);
-    if !engine.conns.is_empty() {
-        info!("found {} connection(s) balanced by an earlier run; counting them", engine.conns.len());
-    }
-    for s in engine.table.services() {
-        let dests: Vec<String> = s.dests.iter().map(|d| format!("{}:{} w{}", d.addr, d.port, d.weight)).collect();
-        info!("service {} sched={} servers=[{}]", s.key().vip(), s.scheduler_name(), dests.join(", "));
-    }
+    log_table(&engine);
     // Before any worker runs: a SYN for such a tuple may be waiting in the queue already.
     engine.foreign = find_foreign_finished(&mut ct, &engine, start.elapsed());
 
@@ -108,6 +102,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     worker::run(&shared, queue, ct);
     Ok(())
+}
+
+/// What the daemon starts with: the connections of an earlier run, the services.
+fn log_table(engine: &Engine) {
+    if !engine.conns.is_empty() {
+        info!("found {} connection(s) balanced by an earlier run; counting them", engine.conns.len());
+    }
+    for s in engine.table.services() {
+        let dests: Vec<String> = s.dests.iter().map(|d| format!("{}:{} w{}", d.addr, d.port, d.weight)).collect();
+        info!("service {} sched={} servers=[{}]", s.key().vip(), s.scheduler_name(), dests.join(", "));
+    }
 }
 
 fn queue_config(opts: &RunOptions, num: u16) -> QueueConfig {
