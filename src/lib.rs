@@ -5,9 +5,12 @@
 //! creates the conntrack entry with DNAT to that server through ctnetlink, and accepts the
 //! packet. Every later packet of the flow is handled by the kernel.
 //!
-//! Pure logic (config, services, schedulers, packet parsing, the wanted ruleset) lives in the
-//! top-level modules; everything that talks to the kernel is under [`kernel`], and [`daemon`]
-//! is the one place that wires the two together.
+//! Layers (docs/architecture.md): [`model`] holds the types every layer shares; the pure core
+//! (services, schedulers, persistence, accounting, statistics, the ruleset as data, listings
+//! and ipvsadm's language) decides without I/O, and [`engine`] is its one entry point for the
+//! daemon: a new connection, an event, an edit or a tick in, the effects to carry out back.
+//! Everything that talks to the kernel is under [`kernel`]; [`daemon`]'s threads carry the
+//! engine's effects out there, never holding the engine's lock while they do.
 
 pub mod accounting;
 pub mod cli;
