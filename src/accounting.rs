@@ -58,7 +58,21 @@ struct Conn {
     sampled: Traffic,
     /// The persistence template controlling the connection.
     template: Option<TemplateId>,
+    /// Daemon time (ms, wrapping) nfvs started tracking it: a dump started well after it
+    /// shows its own entry, never an older generation's ([`Conns::sample`]).
+    born_ms: u32,
 }
+
+/// The daemon's clock as [`Conn::born_ms`] keeps it (wraps after 49 days; compared wrapping).
+fn ms(t: Duration) -> u32 {
+    t.as_millis() as u32
+}
+
+/// How long after nfvs starts tracking a connection a dump is sure to show its own entry:
+/// the create goes out in the sendmsg right after the decision (microseconds), and an older
+/// generation's DESTROY is applied within the event thread's batch (1 ms). A margin far above
+/// both.
+const SETTLED: Duration = Duration::from_millis(250);
 
 /// In/out packets and bytes of an entry, as last sampled (`Counters` without `conns`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,8 +143,17 @@ impl Conns {
     /// A connection still tracked for the tuple is a finished one whose entry nfvs deleted
     /// just now (a reused source port) or that expired and whose DESTROY is not read yet: one
     /// more DESTROY to wait for, besides the ones it was waiting for itself.
-    pub fn scheduled(&mut self, table: &mut Table, orig: Tuple, svc: ServiceKey, dest: DestId, template: Option<TemplateId>) {
-        let mut c = Conn { svc, dest, active: true, id: None, pending: 0, sampled: Traffic::default(), template };
+    pub fn scheduled(
+        &mut self,
+        table: &mut Table,
+        orig: Tuple,
+        svc: ServiceKey,
+        dest: DestId,
+        template: Option<TemplateId>,
+        now: Duration,
+    ) {
+        let mut c =
+            Conn { svc, dest, active: true, id: None, pending: 0, sampled: Traffic::default(), template, born_ms: ms(now) };
         if let Some(old) = self.map.get(&orig).copied() {
             c.pending = old.pending.saturating_add(1);
             unbind(table, &old);
@@ -167,7 +190,16 @@ impl Conns {
         let Some(s) = table.service_mut(&svc) else { return };
         let Some(i) = s.dest_index(e.reply.src, e.reply.sport) else { return };
         let template = s.restore(&req, i);
-        let c = Conn { svc, dest: s.dests[i].id, active, id: eid, pending: 0, sampled: traffic(e).into(), template };
+        let c = Conn {
+            svc,
+            dest: s.dests[i].id,
+            active,
+            id: eid,
+            pending: 0,
+            sampled: traffic(e).into(),
+            template,
+            born_ms: ms(now),
+        };
         self.map.insert(e.orig, c);
         bind(table, &c);
     }
@@ -190,19 +222,38 @@ impl Conns {
         Some(Delta { svc: c.svc, dest: c.dest, counters: since(&traffic(e), &c.sampled) })
     }
 
-    /// Traffic of live entries since the last sample (from a periodic dump).
-    pub fn sample(&mut self, entries: &[CtEntry]) -> Vec<Delta> {
+    /// Traffic of live entries since the last sample, from a dump (or GETs) started at daemon
+    /// time `dumped`, and the state the entries are in.
+    ///
+    /// The state repairs what lost events left wrong: a TCP connection counted active whose
+    /// entry has left the active states is counted inactive from here on (issue 11: when the
+    /// FINs of both directions cross the director on two CPUs, the `events` chain's mask can
+    /// silence both state changes, and a connection stayed "active" until its entry expired).
+    /// States only move that way within one entry, so the repair never goes back.
+    pub fn sample(&mut self, table: &mut Table, entries: &[CtEntry], dumped: Duration) -> Vec<Delta> {
         let mut out = Vec::new();
+        let settled = ms(dumped.saturating_sub(SETTLED));
         for e in entries {
             let Some(c) = self.map.get_mut(&e.orig) else { continue };
             // A dump taken before the tuple's latest connection replaced an older one would
-            // show the older entry: sample only a connection whose own entry it must be.
-            if c.pending > 0 || (c.id.is_some() && c.id != nz(e.id)) {
+            // show the older entry: sample only a connection whose own entry it must be (the
+            // older one's delete and the newer one's create go out right after the newer one
+            // is tracked, and the older one's DESTROY is applied within a millisecond or so:
+            // a dump started `SETTLED` later can only show the newer one).
+            let young = (settled.wrapping_sub(c.born_ms) as i32) < 0;
+            if c.pending > 0 || young || (c.id.is_some() && c.id != nz(e.id)) {
                 continue;
+            }
+            if c.id.is_none() {
+                c.id = nz(e.id);
             }
             let now = traffic(e);
             let d = since(&now, &c.sampled);
             c.sampled = now.into();
+            if c.active && e.orig.proto == Protocol::Tcp && !is_active(e.tcp_state) {
+                c.active = false;
+                move_state(table, c);
+            }
             if d != Counters::default() {
                 out.push(Delta { svc: c.svc, dest: c.dest, counters: d });
             }
@@ -353,7 +404,7 @@ mod tests {
         let svc = t.services()[0].key();
         let d131 = t.services()[0].dests[0].id;
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(1000), svc, d131, None);
+        c.scheduled(&mut t, tuple(1000), svc, d131, None, Duration::ZERO);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
         // Our entry's NEW event (state NONE) and the handshake change nothing.
         c.seen(&mut t, &entry(1000, 131, TcpState::None, 9, 0), Duration::ZERO);
@@ -420,10 +471,10 @@ mod tests {
         let svc = t.services()[0].key();
         let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(7), svc, a, None);
+        c.scheduled(&mut t, tuple(7), svc, a, None, Duration::ZERO);
         c.seen(&mut t, &entry(7, 131, TcpState::TimeWait, 70, 3), Duration::ZERO);
         // The client reuses port 7: nfvs deletes entry 70 and creates a new one on .130.
-        c.scheduled(&mut t, tuple(7), svc, b, None);
+        c.scheduled(&mut t, tuple(7), svc, b, None, Duration::ZERO);
         assert_eq!(counts(&t), [(0, 0), (1, 0)]);
         // Late events of entry 70 (its DESTROY from the delete) do not touch the new one.
         c.seen(&mut t, &entry(7, 131, TcpState::Close, 70, 3), Duration::ZERO);
@@ -441,7 +492,7 @@ mod tests {
         let a = t.services()[0].dests[0].id;
         let mut c = Conns::new();
         assert!(!c.finished(&tuple(5)), "unknown tuple");
-        c.scheduled(&mut t, tuple(5), svc, a, None);
+        c.scheduled(&mut t, tuple(5), svc, a, None, Duration::ZERO);
         assert!(!c.finished(&tuple(5)), "a SYN in flight is not finished");
         assert!(c.live(&tuple(5)), "a SYN for it now is a retransmission");
         c.seen(&mut t, &entry(5, 131, TcpState::Established, 50, 1), Duration::ZERO);
@@ -451,17 +502,45 @@ mod tests {
         assert!(!c.live(&tuple(5)));
     }
 
+    /// Issue 11: the FIN events of a connection were lost (both FINs crossed the director on
+    /// two CPUs, and the `events` chain's mask silenced both), so it still counted active
+    /// while its entry sat in TIME_WAIT; the next sample's states repair that, once the
+    /// connection is old enough that the dump cannot show an older generation's entry.
+    #[test]
+    fn lost_fin_events_are_repaired_by_the_next_sample() {
+        let mut t = parse_rules(LAB, "t").unwrap();
+        let svc = t.services()[0].key();
+        let a = t.services()[0].dests[0].id;
+        let mut c = Conns::new();
+        c.scheduled(&mut t, tuple(1), svc, a, None, Duration::ZERO);
+        c.scheduled(&mut t, tuple(2), svc, a, None, Duration::from_millis(1900));
+        assert_eq!(counts(&t), [(2, 0), (0, 0)]);
+        // No event came. The dump at 2 s shows both in TIME_WAIT: the one tracked for 2 s is
+        // repaired; the one tracked for 100 ms could be seeing an older generation's entry.
+        let dump = [entry(1, 131, TcpState::TimeWait, 10, 9), entry(2, 131, TcpState::TimeWait, 20, 9)];
+        c.sample(&mut t, &dump, Duration::from_secs(2));
+        assert_eq!(counts(&t), [(1, 1), (0, 0)]);
+        assert!(c.finished(&tuple(1)) && c.live(&tuple(2)));
+        c.sample(&mut t, &dump, Duration::from_secs(4));
+        assert_eq!(counts(&t), [(0, 2), (0, 0)]);
+        // Never back: a stale dump showing it established changes nothing.
+        c.sample(&mut t, &[entry(1, 131, TcpState::Established, 10, 9)], Duration::from_secs(6));
+        assert_eq!(counts(&t), [(0, 2), (0, 0)]);
+        // The id learnt from the dump keeps another generation's entry out: no traffic taken.
+        assert!(c.sample(&mut t, &[entry(2, 131, TcpState::TimeWait, 99, 50)], Duration::from_secs(8)).is_empty());
+    }
+
     #[test]
     fn samples_report_only_new_traffic() {
         let mut t = parse_rules(LAB, "t").unwrap();
         let svc = t.services()[0].key();
         let a = t.services()[0].dests[0].id;
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(9), svc, a, None);
+        c.scheduled(&mut t, tuple(9), svc, a, None, Duration::ZERO);
         c.seen(&mut t, &entry(9, 131, TcpState::Established, 90, 1), Duration::ZERO);
-        let d = c.sample(&[entry(9, 131, TcpState::Established, 90, 4)]);
+        let d = c.sample(&mut t, &[entry(9, 131, TcpState::Established, 90, 4)], Duration::from_secs(2));
         assert_eq!(d[0].counters.inpkts, 4);
-        assert!(c.sample(&[entry(9, 131, TcpState::Established, 90, 4)]).is_empty());
+        assert!(c.sample(&mut t, &[entry(9, 131, TcpState::Established, 90, 4)], Duration::from_secs(4)).is_empty());
         let d = c.destroyed(&mut t, &entry(9, 131, TcpState::TimeWait, 90, 6), Duration::ZERO).unwrap();
         assert_eq!((d.counters.inpkts, d.counters.inbytes), (2, 200));
     }
@@ -472,7 +551,7 @@ mod tests {
         let svc = t.services()[0].key();
         let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(7), svc, a, None);
+        c.scheduled(&mut t, tuple(7), svc, a, None, Duration::ZERO);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
         // Another server's connection for the tuple: not this one.
         assert!(!c.cancel(&mut t, &tuple(7), b, Duration::ZERO));
@@ -480,7 +559,7 @@ mod tests {
         assert_eq!(counts(&t), [(0, 0), (0, 0)]);
         assert!(c.is_empty());
         // Once an event told its entry id, the entry exists: a late failure is not its own.
-        c.scheduled(&mut t, tuple(8), svc, a, None);
+        c.scheduled(&mut t, tuple(8), svc, a, None, Duration::ZERO);
         c.seen(&mut t, &entry(8, 131, TcpState::SynSent, 80, 1), Duration::ZERO);
         assert!(!c.cancel(&mut t, &tuple(8), a, Duration::ZERO));
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
@@ -504,9 +583,9 @@ mod tests {
         let svc = t.services()[0].key();
         let (a, b) = (t.services()[0].dests[0].id, t.services()[0].dests[1].id);
         let mut c = Conns::new();
-        c.scheduled(&mut t, tuple(7), svc, a, None);
-        c.scheduled(&mut t, tuple(7), svc, b, None);
-        c.scheduled(&mut t, tuple(7), svc, a, None);
+        c.scheduled(&mut t, tuple(7), svc, a, None, Duration::ZERO);
+        c.scheduled(&mut t, tuple(7), svc, b, None, Duration::ZERO);
+        c.scheduled(&mut t, tuple(7), svc, a, None, Duration::ZERO);
         assert_eq!(counts(&t), [(1, 0), (0, 0)]);
         // Generation 1's and 2's FIN states and DESTROYs, all with id 70, read only now.
         for rs in [131, 130] {

@@ -46,6 +46,7 @@ pub(super) fn run(sh: &Shared) {
 /// DESTROY event comes (up to 2 minutes later), and rates lag for short connections. Listings
 /// always sample in full. The kernel is asked with the lock released.
 pub(super) fn sample_traffic(sh: &Shared, ct: &mut Conntrack, full: bool) {
+    let dumped = sh.now();
     let entries = if full {
         match ct.dump(sh.opts.ct_mark, u32::MAX) {
             Ok(e) => e,
@@ -63,5 +64,5 @@ pub(super) fn sample_traffic(sh: &Shared, ct: &mut Conntrack, full: bool) {
         }
         entries
     };
-    sh.lock().sample(&entries);
+    sh.lock().sample(&entries, dumped);
 }

@@ -160,7 +160,7 @@ impl Engine {
         let dest = &svc.dests[pick.index];
         let (rip, dest_id) = (dest.rip(), dest.id);
         let mapping = CtMapping::dnat(flow, rip.into(), self.mark);
-        self.conns.scheduled(&mut self.table, flow, key, dest_id, pick.template);
+        self.conns.scheduled(&mut self.table, flow, key, dest_id, pick.template, now);
         self.stats.record(&key, Some(dest_id), &Counters { conns: 1, ..Counters::default() });
         Decision::Balance(Balanced {
             mapping,
@@ -209,9 +209,10 @@ impl Engine {
         }
     }
 
-    /// Traffic of live entries since the last sample.
-    pub fn sample(&mut self, entries: &[CtEntry]) {
-        for d in self.conns.sample(entries) {
+    /// Traffic of live entries since the last sample, and the states they are in (which
+    /// repair counts that lost events left wrong), from a dump started at daemon time `dumped`.
+    pub fn sample(&mut self, entries: &[CtEntry], dumped: Duration) {
+        for d in self.conns.sample(&mut self.table, entries, dumped) {
             self.stats.record(&d.svc, Some(d.dest), &d.counters);
         }
     }
