@@ -40,6 +40,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
              bind an NFQUEUE and create conntrack entries, and write access to /proc/sys/net"
         );
     }
+    // Before anything that a second daemon could take from the first (a queue, the table,
+    // the sysctls): held until the process ends.
+    let _director = os::lock_director()?;
     let signals = os::block_signals();
     if opts.pin_workers && opts.queues == 1 {
         warn!("--pin-workers has no effect with one queue: pin with --queues set to the number of CPUs");

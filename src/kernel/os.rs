@@ -88,6 +88,79 @@ pub fn pin_to_queue_cpus(i: u16, total: u16) {
     }
 }
 
+/// The name of the director lock: an abstract unix socket. Abstract names belong to the
+/// network namespace they were bound in (unix(7), "Abstract sockets"; net/unix/af_unix.c looks
+/// them up per `struct net`), and go away with the last descriptor: a crashed daemon leaves
+/// nothing behind to clean up.
+const DIRECTOR_LOCK: &[u8] = b"\0nfvs-director";
+
+/// Held for the whole life of a daemon: while it exists, no other nfvs daemon can run in the
+/// same network namespace, whatever its queue, control socket or state directory.
+pub struct DirectorLock {
+    _fd: std::os::fd::OwnedFd,
+}
+
+/// Why [`lock_director`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another nfvs daemon{} already runs in this network namespace: one director per namespace \
+             (stop it first, or run this one in another namespace)", .0.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Taken(Option<i32>),
+    #[error("cannot take the director lock (abstract unix socket): {0}")]
+    Os(#[source] std::io::Error),
+}
+
+/// Takes the network namespace's director lock. A second daemon learns the first one's pid
+/// from the lock itself (it listens; SO_PEERCRED of a connection to it names its owner).
+pub fn lock_director() -> Result<DirectorLock, LockError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let socket = || {
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned from here on.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(LockError::Os(std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    // SAFETY: sockaddr_un is plain data; the name fits in sun_path (108 bytes).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(DIRECTOR_LOCK) {
+        *d = *s as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + DIRECTOR_LOCK.len()) as libc::socklen_t;
+    let sa = (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>();
+    let fd = socket()?;
+    // SAFETY: `sa` points to `addr`, valid for `len` bytes.
+    if unsafe { libc::bind(fd.as_raw_fd(), sa, len) } == 0 {
+        // SAFETY: listen on the socket just bound.
+        if unsafe { libc::listen(fd.as_raw_fd(), 4) } != 0 {
+            return Err(LockError::Os(std::io::Error::last_os_error()));
+        }
+        return Ok(DirectorLock { _fd: fd });
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EADDRINUSE) {
+        return Err(LockError::Os(err));
+    }
+    // Who holds it? Connect and ask the kernel for the peer's credentials.
+    let probe = socket()?;
+    // SAFETY: as for bind.
+    let pid = if unsafe { libc::connect(probe.as_raw_fd(), sa, len) } == 0 {
+        // SAFETY: ucred is plain data and `n` its size.
+        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+        let mut n = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let got = unsafe {
+            libc::getsockopt(probe.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut n)
+        };
+        (got == 0 && cred.pid > 0).then_some(cred.pid)
+    } else {
+        None
+    };
+    Err(LockError::Taken(pid))
+}
+
 /// Whether the process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
