@@ -38,3 +38,33 @@ fn a_second_daemon_in_the_namespace_is_refused_whatever_its_flags() {
     assert_ne!(a, b, "both real servers still answer through the first daemon");
     assert!(!first.log().contains("WARN"), "{}", first.log());
 }
+
+/// Issue 11 #9: on stop, the drain waited the whole drain timeout (30 s) for half-open
+/// entries that will never complete (here: a SYN to a real server that does not exist). It
+/// waits for running connections only.
+#[test]
+fn the_drain_does_not_wait_for_half_open_connections() {
+    require_root();
+    let lab = Lab::up();
+    let rules = tmp_dir().join(format!("{}-ghost.rules", lab.prefix()));
+    // 192.168.226.140 is on the real servers' network, but no host has it: SYNs go unanswered.
+    std::fs::write(&rules, "-A -t 192.168.199.200:80 -s rr\n-a -t 192.168.199.200:80 -r 192.168.226.140:80 -m\n").unwrap();
+    let mut d = lab.nfvs_with_rules(&rules).start().unwrap();
+    let mut curl = lab
+        .command(Role::Client, "curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "20", "http://192.168.199.200/"])
+        .spawn()
+        .unwrap();
+    let half_open = wait_until(Duration::from_secs(5), || {
+        lab.exec_ok(Role::Director, &["conntrack", "-L", "-p", "tcp", "--state", "SYN_SENT"]).contains("192.168.226.140")
+    });
+    assert!(half_open, "the SYN's entry: {}", lab.exec_ok(Role::Director, &["conntrack", "-L"]));
+    let started = std::time::Instant::now();
+    let status = d.stop(libc::SIGTERM, Duration::from_secs(40)).unwrap();
+    let took = started.elapsed();
+    let _ = curl.kill();
+    let _ = curl.wait();
+    let _ = std::fs::remove_file(&rules);
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(10), "stop took {took:?} (drain timeout 30 s); log:\n{}", d.log());
+}

@@ -79,6 +79,8 @@ pub struct LoopStats {
     /// SYNs to no service of the table (a table edit raced them).
     pub not_ours: AtomicU64,
     pub malformed: AtomicU64,
+    /// SYNs from martian sources (loopback, 0.0.0.0/8, broadcast, multicast, the VIP), dropped.
+    pub martians: AtomicU64,
     /// Conntrack creates the kernel refused (their SYNs went on to the nat_pre guard).
     pub ct_errors: AtomicU64,
     /// Reads from the queue sockets (one recvmmsg each, with one or more messages).
@@ -99,7 +101,8 @@ impl LoopStats {
             "this run scheduled {} connection(s) ({} on a reused source port whose finished entry was deleted first) \
              in {} queue read(s), saw {} retransmitted SYN(s), refused {} (no eligible server), {} conntrack create(s) \
              failed (their SYNs went to the guard rule); the kernel dropped {} SYN(s) on a full queue; {} packet(s) were \
-             not new TCP or UDP, {} were to no service (a table edit raced them)",
+             not new TCP or UDP, {} were to no service (a table edit raced them), {} came from martian sources \
+             (dropped)",
             n(&self.scheduled),
             n(&self.reused_ports),
             n(&self.batches),
@@ -108,7 +111,8 @@ impl LoopStats {
             n(&self.ct_errors),
             n(&self.queue_dropped),
             n(&self.malformed),
-            n(&self.not_ours)
+            n(&self.not_ours),
+            n(&self.martians)
         )
     }
 }

@@ -83,6 +83,13 @@ fn stop(sh: &Shared, signals: &Signals) -> ! {
     std::process::exit(0);
 }
 
+/// Whether the drain waits for a connection in this state: running ones, yes; finished ones
+/// and half-open ones, no. A SYN still unanswered at stop (a flood's spoofed SYNs above all,
+/// issue 11 #9) would hold the stop for the whole drain timeout and most never complete.
+fn worth_waiting_for(s: TcpState) -> bool {
+    !matches!(s, TcpState::TimeWait | TcpState::Close | TcpState::None | TcpState::SynSent | TcpState::SynSent2)
+}
+
 fn drain(sh: &Shared, signals: &Signals) {
     let deadline = Instant::now() + sh.opts.drain_timeout;
     let mut ct = match Conntrack::open() {
@@ -92,10 +99,7 @@ fn drain(sh: &Shared, signals: &Signals) {
     let mut announced = false;
     loop {
         let live = match ct.dump(sh.opts.ct_mark, u32::MAX) {
-            Ok(entries) => entries
-                .iter()
-                .filter(|e| e.tcp_state.is_some_and(|s| !matches!(s, TcpState::TimeWait | TcpState::Close)))
-                .count(),
+            Ok(entries) => entries.iter().filter(|e| e.tcp_state.is_some_and(worth_waiting_for)).count(),
             Err(e) => return warn!("cannot list running connections ({e}); stopping now"),
         };
         if live == 0 {

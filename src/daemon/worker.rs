@@ -137,6 +137,10 @@ impl Batch {
                 LoopStats::bump(&ls.not_ours);
                 Verdict::Accept
             }
+            Decision::Martian => {
+                LoopStats::bump(&ls.martians);
+                Verdict::Drop
+            }
             Decision::Retransmit { client, vip } => {
                 LoopStats::bump(&ls.retransmits);
                 Event::Retransmit { client, vip }.emit();

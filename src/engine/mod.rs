@@ -67,6 +67,10 @@ pub enum Decision {
     /// The engine must know the tuple's conntrack entry first: look it up (outside the lock)
     /// and decide again with the answer.
     Lookup(Tuple),
+    /// A source no real connection can have (loopback, unspecified, broadcast, multicast, or
+    /// the VIP itself): drop it, silently. The kernel drops such martians in routing, before
+    /// IPVS ever sees them; nfvs's divert rule runs before routing, so it must do the same.
+    Martian,
     /// No eligible real server: drop it and answer ICMP port unreachable, as IPVS does.
     Refuse { client: SocketAddr, vip: SocketAddrV4, sched: &'static str },
     /// Scheduled: delete the finished old entry first if `delete_first` (a reused source
@@ -92,6 +96,17 @@ impl Balanced {
 
     pub fn rip(&self) -> SocketAddr {
         self.mapping.nat_dst
+    }
+}
+
+/// Whether a flow's source is one no real client has: the kernel's martian sources
+/// (ip_route_input_slow: loopback, zeronet, limited broadcast, multicast; IPv6 likewise) and
+/// the destination itself (a spoofed SYN from the VIP to the VIP).
+fn is_martian(t: &Tuple) -> bool {
+    let own = t.src == t.dst;
+    own || match t.src {
+        std::net::IpAddr::V4(a) => a.is_loopback() || a.octets()[0] == 0 || a.is_broadcast() || a.is_multicast(),
+        std::net::IpAddr::V6(a) => a.is_loopback() || a.is_unspecified() || a.is_multicast(),
     }
 }
 
@@ -125,6 +140,9 @@ impl Engine {
 
     /// The decision for the SYN that opens `flow`, at daemon time `now`.
     pub fn decide(&mut self, flow: Tuple, now: Duration, lookup: &mut dyn Lookup) -> Decision {
+        if is_martian(&flow) {
+            return Decision::Martian;
+        }
         // Whether an earlier connection with this tuple has finished: its entry must be
         // deleted first (a reused source port, design.md fact 6).
         let mut finished = self.conns.finished(&flow);

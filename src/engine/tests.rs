@@ -301,3 +301,18 @@ fn events_of_other_marks_are_ignored_and_destroy_ends_the_connection() {
     assert_eq!(counts(&e), [(0, 0), (0, 0)]);
     assert!(e.conns.is_empty());
 }
+
+/// Issue 11 #9: SYNs from sources no client has were scheduled, logged and counted for 120 s;
+/// the kernel drops such martians in routing, before IPVS sees them.
+#[test]
+fn martian_sources_are_dropped_unscheduled() {
+    let mut e = engine(LAB);
+    for src in ["127.0.0.1", "127.9.9.9", "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1", "192.168.199.200"] {
+        let f = Tuple { src: src.parse().unwrap(), ..flow(1000) };
+        assert_eq!(e.decide(f, T0, &mut NoLookup), Decision::Martian, "{src}");
+    }
+    assert_eq!((conns_stat(&e), e.conns.len()), (0, 0));
+    // A neighbour of each is a client like any other.
+    let f = Tuple { src: "192.168.199.201".parse().unwrap(), ..flow(1000) };
+    assert!(matches!(e.decide(f, T0, &mut NoLookup), Decision::Balance(_)));
+}
