@@ -21,6 +21,7 @@ pub mod engine;
 pub mod events;
 pub mod kernel;
 pub mod listing;
+pub mod logging;
 pub mod model;
 pub mod packet;
 pub mod persist;
