@@ -319,7 +319,7 @@ fn move_state(table: &mut Table, c: &Conn) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_rules;
+    use crate::adm::rules::parse_rules;
     use std::net::Ipv4Addr;
     use crate::kernel::conntrack::Counters as CtCounters;
 

@@ -26,14 +26,15 @@ use anyhow::{bail, Context};
 use log::{debug, info, warn};
 
 use crate::accounting::Conns;
-use crate::config::{self, Command, ListWhat};
-use crate::control::{self, Reply, Request};
+use crate::adm::command::{self, Command, ListWhat};
+use crate::adm::control::{self, Reply, Request};
+use crate::adm::listing::{self, ConnRow, PortNames};
+use crate::adm::{args, rules, usage};
 use crate::kernel::conntrack::{Conntrack, CtError, CtEventKind, CtEvents, TcpState};
 use crate::kernel::conntrack::{append_create, append_delete};
 use crate::kernel::nfqueue::{parse_datagram, Msg, Outbox, Queue, QueueConfig, Verdict, BATCH};
 use crate::kernel::nftables::{self, QueueImpl};
 use crate::kernel::sysctl::{Setting, Sysctl};
-use crate::listing::{self, ConnRow, PortNames};
 use crate::nat::{CtMapping, Tuple};
 use crate::packet;
 use crate::ruleset::{Cidr, Divert, FallbackRule, QueueSpec, Ruleset};
@@ -398,7 +399,7 @@ fn wanted_sysctls(s: &Sysctl, expire_nodest: bool) -> anyhow::Result<Vec<Setting
 /// undoing what it had done); a signal ends the process with exit status 0 after clean-up.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let table = match &opts.rules {
-        Some(p) => config::load_rules_with(p, opts.sched)?,
+        Some(p) => rules::load_rules_with(p, opts.sched)?,
         None => Table::with_defaults(opts.sched),
     };
     let ruleset = ruleset_for(&table, &opts.masquerade, opts.queue, opts.queues, opts.overload, opts.ct_mark);
@@ -1134,11 +1135,11 @@ fn reload(sh: &Shared) -> anyhow::Result<usize> {
     let Some(path) = &sh.opts.rules else { bail!("nfvs was started without --rules: nothing to reload") };
     // The new file is checked whole before anything changes; the edits derived from it are
     // then valid for the live table (same parser, same checks).
-    let new = config::load_rules_with(path, sh.opts.sched)?;
+    let new = rules::load_rules_with(path, sh.opts.sched)?;
     let mut st = sh.lock();
-    let cmds = config::diff(&st.table, &new);
+    let cmds = rules::diff(&st.table, &new);
     for c in &cmds {
-        apply_edit(sh, &mut st, c).map_err(|e| anyhow::anyhow!("{}", config::edit_message(c, &e)))?;
+        apply_edit(sh, &mut st, c).map_err(|e| anyhow::anyhow!("{}", command::edit_message(c, &e)))?;
     }
     sh.sync_rules(&mut st)?;
     Ok(cmds.len())
@@ -1217,7 +1218,7 @@ fn apply_edit(sh: &Shared, st: &mut State, cmd: &Command) -> Result<(), crate::s
             .collect(),
         _ => Vec::new(),
     };
-    config::apply(&mut st.table, cmd)?;
+    rules::apply(&mut st.table, cmd)?;
     for (k, id) in removed {
         if sh.opts.expire_nodest {
             expire_dest_conns(st, id);
@@ -1251,7 +1252,7 @@ fn expire_dest_conns(st: &State, id: crate::service::DestId) {
 const KERNEL_ERR: i32 = 255;
 
 fn handle_adm(sh: &Shared, req: Request) -> Reply {
-    let cmd = match config::parse_args(&req.args).and_then(|r| r.validate()) {
+    let cmd = match args::parse_args(&req.args).and_then(|r| r.validate()) {
         Ok(c) => c,
         Err(e) => return usage_reply(&e),
     };
@@ -1261,8 +1262,8 @@ fn handle_adm(sh: &Shared, req: Request) -> Reply {
 fn run_adm(sh: &Shared, cmd: &Command, stdin: &str) -> Reply {
     let names = PortNames::system();
     match cmd {
-        Command::Help => Reply::ok(listing::usage("ipvsadm")),
-        Command::Version => Reply::ok(listing::version()),
+        Command::Help => Reply::ok(usage::usage("ipvsadm")),
+        Command::Version => Reply::ok(usage::version()),
         Command::List(what, fmt) => {
             if matches!(what, ListWhat::All | ListWhat::Service(_)) && (fmt.stats || fmt.rate) {
                 // Fresh traffic numbers for this listing.
@@ -1303,7 +1304,7 @@ fn run_adm(sh: &Shared, cmd: &Command, stdin: &str) -> Reply {
             let mut st = sh.lock();
             let mut reply = Reply::ok("");
             for line in stdin.lines().filter(|l| !l.trim().is_empty()) {
-                let edit = match config::parse_line(line) {
+                let edit = match args::parse_line(line) {
                     Ok(c) if c.is_edit() => c,
                     Ok(_) => {
                         reply = Reply::err(2, format!("{line}: -R takes table edits only (-A -E -D -C -a -e -d)"));
@@ -1349,8 +1350,8 @@ fn run_adm(sh: &Shared, cmd: &Command, stdin: &str) -> Reply {
 /// caller installs the rules afterwards ([`Shared::sync_rules`]).
 fn edit_table(sh: &Shared, st: &mut State, edit: &Command) -> Result<(), Reply> {
     if let Err(e) = apply_edit(sh, st, edit) {
-        let mut msg = config::edit_message(edit, &e);
-        if let Some(h) = config::edit_hint(&e) {
+        let mut msg = command::edit_message(edit, &e);
+        if let Some(h) = command::edit_hint(&e) {
             msg.push_str(&format!("\n  nfvs: {h}"));
         }
         return Err(Reply::err(KERNEL_ERR, msg));
@@ -1360,7 +1361,7 @@ fn edit_table(sh: &Shared, st: &mut State, edit: &Command) -> Result<(), Reply> 
 }
 
 /// A usage error as ipvsadm prints it, with nfvs's hint on a line of its own.
-fn usage_reply(e: &config::UsageError) -> Reply {
+fn usage_reply(e: &command::UsageError) -> Reply {
     let mut msg = e.message.clone();
     if let Some(h) = &e.hint {
         msg.push_str(&format!("\n  nfvs: {h}"));
@@ -1392,7 +1393,7 @@ fn timeouts() -> String {
     )
 }
 
-fn list_connections(sh: &Shared, fmt: &config::ListFormat, names: &PortNames) -> Reply {
+fn list_connections(sh: &Shared, fmt: &command::ListFormat, names: &PortNames) -> Reply {
     let entries = match Conntrack::open().and_then(|mut c| c.dump(sh.opts.ct_mark, u32::MAX)) {
         Ok(e) => e,
         Err(e) => return Reply::err(KERNEL_ERR, format!("cannot read conntrack: {e}")),

@@ -5,17 +5,15 @@
 //! creates the conntrack entry with DNAT to that server through ctnetlink, and accepts the
 //! packet. Every later packet of the flow is handled by the kernel.
 //!
-//! Pure logic (config, services, schedulers, packet parsing, the wanted ruleset) lives in the
-//! top-level modules; everything that talks to the kernel is under [`kernel`], and [`daemon`]
-//! is the one place that wires the two together.
+//! Pure logic (ipvsadm's language in [`adm`], services, schedulers, packet parsing, the wanted
+//! ruleset) lives in the top-level modules; everything that talks to the kernel is under
+//! [`kernel`], and [`daemon`] is the one place that wires the two together.
 
 pub mod accounting;
+pub mod adm;
 pub mod cli;
-pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod kernel;
-pub mod listing;
 pub mod nat;
 pub mod packet;
 pub mod persist;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nfvs::cli::{Cli, Command};
-use nfvs::config::{self, Command as AdmCommand};
-use nfvs::{control, daemon, listing};
+use nfvs::adm::command::Command as AdmCommand;
+use nfvs::adm::{args, control, listing, rules, usage};
+use nfvs::daemon;
 
 fn main() -> ExitCode {
     let mut argv = std::env::args();
@@ -66,14 +67,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { table } => {
-            let t = config::load_rules(&table.rules)?;
+            let t = rules::load_rules(&table.rules)?;
             let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue, table.net.queues, table.net.overload.into(), table.net.ct_mark);
             rs.validate()?;
             print!("{}", rs.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { rules } => {
-            let t = config::load_rules(&rules)?;
+            let t = rules::load_rules(&rules)?;
             let rs = daemon::ruleset_for(&t, &[], 0, 1, daemon::Overload::Drop, daemon::DEFAULT_CT_MARK);
             rs.validate()?;
             print!("{}", listing::save(&t, true, &listing::PortNames::none()));
@@ -87,7 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// ipvsadm answers them without the kernel; everything else goes to the daemon.
 fn adm(control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
     let exit = |code: i32| ExitCode::from(code.clamp(0, 255) as u8);
-    let cmd = match config::parse_args(&args).and_then(|r| r.validate()) {
+    let cmd = match args::parse_args(&args).and_then(|r| r.validate()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}", e.message);
@@ -99,11 +100,11 @@ fn adm(control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
     };
     match cmd {
         AdmCommand::Help => {
-            print!("{}", listing::usage("ipvsadm"));
+            print!("{}", usage::usage("ipvsadm"));
             return ExitCode::SUCCESS;
         }
         AdmCommand::Version => {
-            print!("{}", listing::version());
+            print!("{}", usage::version());
             return ExitCode::SUCCESS;
         }
         _ => {}

@@ -574,7 +574,7 @@ fn bad_commands_give_ipvsadm_errors_and_change_nothing() {
     assert!(wrong.is_empty(), "answers that are not ipvsadm's:\n{}", wrong.join("\n"));
 }
 
-/// The control socket path nfvs uses by default in namespace `ns` (control.rs:
+/// The control socket path nfvs uses by default in namespace `ns` (adm/control.rs:
 /// `control-netns-<inode>.sock` under /run/nfvs).
 fn default_socket(ns: &str) -> PathBuf {
     let ino = fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();

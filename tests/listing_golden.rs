@@ -1,15 +1,18 @@
 //! Golden output of every ipvsadm listing format (lvs-semantics.md §9-10).
 //!
-//! Tables are built from rules text through `config::parse_rules` and listings are asked for
-//! with ipvsadm's own words (`-L -n --stats`, `-S -n`, ...) parsed by `config::parse_line`, so
+//! Tables are built from rules text through `rules::parse_rules` and listings are asked for
+//! with ipvsadm's own words (`-L -n --stats`, `-S -n`, ...) parsed by `args::parse_line`, so
 //! each test reads like an ipvsadm session. Expected texts are written one line per literal so
 //! the trailing spaces ipvsadm's `%-Ns` formats leave are visible.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use nfvs::config::{parse_line, parse_rules, Command, ListWhat};
-use nfvs::listing::{self, ConnRow, ListError, PortNames};
+use nfvs::adm::args::parse_line;
+use nfvs::adm::command::{Command, ListFormat, ListWhat};
+use nfvs::adm::listing::{self, ConnRow, ListError, PortNames};
+use nfvs::adm::rules::parse_rules;
+use nfvs::adm::usage;
 use nfvs::service::{DestId, Protocol, ServiceKey, Table};
 use nfvs::stats::{Counters, NoStats, Rates, StatsSource};
 
@@ -216,7 +219,7 @@ fn connections_named_ports_long_expiry_and_pe_header() {
     );
     // --persistent-conn adds two header columns; rows without a persistence engine keep the
     // short form.
-    let fmt = nfvs::config::ListFormat { numeric: true, persistent_conn: true, ..Default::default() };
+    let fmt = ListFormat { numeric: true, persistent_conn: true, ..Default::default() };
     let out = listing::connections(&rows[..1], &fmt, &names);
     assert_eq!(
         out,
@@ -547,8 +550,8 @@ fn empty_table_lists_headers_only() {
 
 #[test]
 fn usage_keeps_ipvsadm_layout_and_marks_refusals() {
-    let u = listing::usage("ipvsadm");
-    assert!(u.starts_with(&listing::version()));
+    let u = usage::usage("ipvsadm");
+    assert!(u.starts_with(&usage::version()));
     assert!(u.contains("\nUsage:\n  ipvsadm -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]\n"));
     assert!(u.contains("\n  ipvsadm -h\n\nCommands:\nEither long or short options are allowed.\n"));
     // Every option ipvsadm 1.31 documents is still there, in its order.
@@ -583,12 +586,12 @@ fn usage_keeps_ipvsadm_layout_and_marks_refusals() {
     // The scheduler list is what nfvs implements; the default is ipvsadm's.
     let scheds = nfvs::sched::NAMES.join("|");
     assert!(u.contains(&format!("one of {scheds},\n                                      the default scheduler is wlc.\n")));
-    assert!(listing::usage("nfvs adm").contains("\n  nfvs adm -S [-n]\n"));
+    assert!(usage::usage("nfvs adm").contains("\n  nfvs adm -S [-n]\n"));
 }
 
 #[test]
 fn version_line() {
-    let v = listing::version();
+    let v = usage::version();
     assert!(v.starts_with(&format!("nfvs v{} (ipvsadm v1.31 2019/12/24", env!("CARGO_PKG_VERSION"))), "{v}");
     assert!(v.ends_with(")\n") && v.lines().count() == 1);
 }
