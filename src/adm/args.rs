@@ -51,21 +51,22 @@ impl Cmd {
     pub(super) fn legality(self) -> &'static [u8; Opt::COUNT] {
         //                 -n -c svc -s -p -M -r fwd -w -x -y -mc tot dmn -st -rt thr -pc srt sid -ex ops -b
         match self {
-            Cmd::Add | Cmd::Edit => b"xx+   xxxxxxxxxxxxxxx   ",
-            Cmd::Del => b"xx+xxxxxxxxxxxxxxxxxxxxx",
-            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxxxxxxxxxxx",
-            Cmd::List => b" 11xxxxxxxxx11       xxx",
-            Cmd::AddDest | Cmd::EditDest => b"xx+xxx+    xxxxxxxxxxxxx",
-            Cmd::DelDest => b"xx+xxx+xxxxxxxxxxxxxxxxx",
-            Cmd::StartDaemon => b"xxxxxxxxxxx xxxxxxx xxxx",
-            Cmd::StopDaemon => b"xxxxxxxxxxxxxxxxxxx xxxx",
-            Cmd::Save => b" xxxxxxxxxxxxxxxxxxxxxxx",
-            Cmd::Zero => b"xx xxxxxxxxxxxxxxxxxxxxx",
+            Cmd::Add | Cmd::Edit => b"xx+   xxxxxxxxxxxxxxx  ",
+            Cmd::Del => b"xx+xxxxxxxxxxxxxxxxxxxx",
+            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxxxxxxxxxx",
+            Cmd::List => b" 11xxxxxxxxx11       xx",
+            Cmd::AddDest | Cmd::EditDest => b"xx+xxx+    xxxxxxxxxxxx",
+            Cmd::DelDest => b"xx+xxx+xxxxxxxxxxxxxxxx",
+            Cmd::StartDaemon => b"xxxxxxxxxxx xxxxxxx xxx",
+            Cmd::StopDaemon => b"xxxxxxxxxxxxxxxxxxx xxx",
+            Cmd::Save => b" xxxxxxxxxxxxxxxxxxxxxx",
+            Cmd::Zero => b"xx xxxxxxxxxxxxxxxxxxxx",
         }
     }
 }
 
-/// The options, in the order of ipvsadm's `optnames[]` (plus `sched-flags`, ipvsadm 1.27+).
+/// The options, in the order of ipvsadm's `optnames[]` (plus `sched-flags`, ipvsadm 1.27+):
+/// the columns of [`Cmd::legality`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum Opt {
@@ -92,12 +93,10 @@ pub(super) enum Opt {
     Exact,
     Ops,
     SchedFlags,
-    /// Not an ipvsadm option column; keeps the table 24 wide for `--sort` (no-op).
-    _Reserved,
 }
 
 impl Opt {
-    pub(super) const COUNT: usize = 24;
+    pub(super) const COUNT: usize = Opt::ALL.len();
     pub(super) const ALL: [Opt; 23] = [
         Opt::Numeric,
         Opt::Connection,
@@ -148,7 +147,6 @@ impl Opt {
             Opt::Exact => "exact",
             Opt::Ops => "ops",
             Opt::SchedFlags => "sched-flags",
-            Opt::_Reserved => "",
         }
     }
     pub(super) fn bit(self) -> u32 {
@@ -162,85 +160,121 @@ pub struct RawArgs {
     pub(super) cmd: Option<Cmd>,
     pub(super) help: bool,
     pub(super) version: bool,
-    pub(super) options: u32,
+    /// The options given, one [`Opt::bit`] each.
+    options: u32,
+    /// The value each given option came with, by [`Opt`] (`None` for `-p` without one).
+    values: [Option<String>; Opt::COUNT],
     pub(super) service: Option<(Protocol, String)>,
     pub(super) fwmark: Option<String>,
-    pub(super) scheduler: Option<String>,
-    /// `Some(None)`: `-p` without a value.
-    pub(super) persistent: Option<Option<String>>,
-    pub(super) netmask: Option<String>,
-    pub(super) server: Option<String>,
     pub(super) fwd: Option<Fwd>,
-    pub(super) weight: Option<String>,
-    pub(super) u_threshold: Option<String>,
-    pub(super) l_threshold: Option<String>,
-    pub(super) sched_flags: Option<String>,
-    pub(super) format: ListFormat,
     pub(super) extra: Vec<String>,
 }
 
+/// One option as ipvsadm's popt `options_table` spells it, and what reading it does (the
+/// `switch` on its tag in ipvsadm's `parse_options`): one table, so that an option cannot be
+/// spelled without saying what it does.
 struct OptDef {
     short: Option<char>,
     long: &'static str,
     arg: Arg,
+    action: Action,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Arg {
     None,
     Required,
+    /// popt's POPT_ARGFLAG_OPTIONAL (`-p`).
     Optional,
 }
 
+/// What reading an option does to [`RawArgs`].
+#[derive(Clone, Copy)]
+enum Action {
+    /// A command: one per line.
+    Command(Cmd),
+    Help,
+    Version,
+    /// `-t`/`-u`: the service-address option, with its protocol.
+    Service(Protocol),
+    /// `-f`: the service-address option as an fwmark (refused in stage two, with advice).
+    Fwmark,
+    /// `-m`/`-i`/`-g`: the forwarding-method option.
+    Forward(Fwd),
+    /// An option of its own column; its value, if it takes one, is kept for stage two.
+    Set(Opt),
+    /// `--sort`: "does nothing, for backwards compatibility" (ipvsadm's help).
+    Nothing,
+    /// Refused as soon as it is read; the function gets the word as written.
+    Refuse(fn(&str) -> UsageError),
+}
+
+/// Shorthand for the rows of [`OPTS`].
+const fn opt(short: Option<char>, long: &'static str, arg: Arg, action: Action) -> OptDef {
+    OptDef { short, long, arg, action }
+}
+
+use Action::{Command as C, Set};
+use Arg::{None as No, Optional as Maybe, Required as Value};
+
+/// ipvsadm 1.31's options, as its popt table has them.
 const OPTS: &[OptDef] = &[
-    OptDef { short: Some('A'), long: "add-service", arg: Arg::None },
-    OptDef { short: Some('E'), long: "edit-service", arg: Arg::None },
-    OptDef { short: Some('D'), long: "delete-service", arg: Arg::None },
-    OptDef { short: Some('C'), long: "clear", arg: Arg::None },
-    OptDef { short: Some('L'), long: "list", arg: Arg::None },
-    OptDef { short: Some('l'), long: "list", arg: Arg::None },
-    OptDef { short: Some('Z'), long: "zero", arg: Arg::None },
-    OptDef { short: Some('a'), long: "add-server", arg: Arg::None },
-    OptDef { short: Some('e'), long: "edit-server", arg: Arg::None },
-    OptDef { short: Some('d'), long: "delete-server", arg: Arg::None },
-    OptDef { short: None, long: "set", arg: Arg::None },
-    OptDef { short: Some('h'), long: "help", arg: Arg::None },
-    OptDef { short: Some('v'), long: "version", arg: Arg::None },
-    OptDef { short: Some('R'), long: "restore", arg: Arg::None },
-    OptDef { short: Some('S'), long: "save", arg: Arg::None },
-    OptDef { short: None, long: "start-daemon", arg: Arg::Required },
-    OptDef { short: None, long: "stop-daemon", arg: Arg::Required },
-    OptDef { short: Some('t'), long: "tcp-service", arg: Arg::Required },
-    OptDef { short: Some('u'), long: "udp-service", arg: Arg::Required },
-    OptDef { short: None, long: "sctp-service", arg: Arg::Required },
-    OptDef { short: Some('f'), long: "fwmark-service", arg: Arg::Required },
-    OptDef { short: Some('s'), long: "scheduler", arg: Arg::Required },
-    OptDef { short: Some('p'), long: "persistent", arg: Arg::Optional },
-    OptDef { short: Some('M'), long: "netmask", arg: Arg::Required },
-    OptDef { short: Some('r'), long: "real-server", arg: Arg::Required },
-    OptDef { short: Some('m'), long: "masquerading", arg: Arg::None },
-    OptDef { short: Some('i'), long: "ipip", arg: Arg::None },
-    OptDef { short: Some('g'), long: "gatewaying", arg: Arg::None },
-    OptDef { short: Some('w'), long: "weight", arg: Arg::Required },
-    OptDef { short: Some('x'), long: "u-threshold", arg: Arg::Required },
-    OptDef { short: Some('y'), long: "l-threshold", arg: Arg::Required },
-    OptDef { short: Some('b'), long: "sched-flags", arg: Arg::Required },
-    OptDef { short: Some('n'), long: "numeric", arg: Arg::None },
-    OptDef { short: Some('c'), long: "connection", arg: Arg::None },
-    OptDef { short: None, long: "mcast-interface", arg: Arg::Required },
-    OptDef { short: None, long: "syncid", arg: Arg::Required },
-    OptDef { short: None, long: "timeout", arg: Arg::None },
-    OptDef { short: None, long: "daemon", arg: Arg::None },
-    OptDef { short: None, long: "stats", arg: Arg::None },
-    OptDef { short: None, long: "rate", arg: Arg::None },
-    OptDef { short: None, long: "thresholds", arg: Arg::None },
-    OptDef { short: None, long: "persistent-conn", arg: Arg::None },
-    OptDef { short: None, long: "nosort", arg: Arg::None },
-    OptDef { short: None, long: "sort", arg: Arg::None },
-    OptDef { short: Some('X'), long: "exact", arg: Arg::None },
-    OptDef { short: Some('6'), long: "ipv6", arg: Arg::None },
-    OptDef { short: Some('o'), long: "ops", arg: Arg::None },
+    opt(Some('A'), "add-service", No, C(Cmd::Add)),
+    opt(Some('E'), "edit-service", No, C(Cmd::Edit)),
+    opt(Some('D'), "delete-service", No, C(Cmd::Del)),
+    opt(Some('C'), "clear", No, C(Cmd::Flush)),
+    opt(Some('L'), "list", No, C(Cmd::List)),
+    opt(Some('l'), "list", No, C(Cmd::List)),
+    opt(Some('Z'), "zero", No, C(Cmd::Zero)),
+    opt(Some('a'), "add-server", No, C(Cmd::AddDest)),
+    opt(Some('e'), "edit-server", No, C(Cmd::EditDest)),
+    opt(Some('d'), "delete-server", No, C(Cmd::DelDest)),
+    opt(None, "set", No, C(Cmd::Timeout)),
+    opt(Some('h'), "help", No, Action::Help),
+    opt(Some('v'), "version", No, Action::Version),
+    opt(Some('R'), "restore", No, C(Cmd::Restore)),
+    opt(Some('S'), "save", No, C(Cmd::Save)),
+    opt(None, "start-daemon", Value, C(Cmd::StartDaemon)),
+    opt(None, "stop-daemon", Value, C(Cmd::StopDaemon)),
+    opt(Some('t'), "tcp-service", Value, Action::Service(Protocol::Tcp)),
+    opt(Some('u'), "udp-service", Value, Action::Service(Protocol::Udp)),
+    opt(None, "sctp-service", Value, Action::Refuse(refuse_sctp)),
+    opt(Some('f'), "fwmark-service", Value, Action::Fwmark),
+    opt(Some('s'), "scheduler", Value, Set(Opt::Scheduler)),
+    opt(Some('p'), "persistent", Maybe, Set(Opt::Persistent)),
+    opt(Some('M'), "netmask", Value, Set(Opt::Netmask)),
+    opt(Some('r'), "real-server", Value, Set(Opt::Server)),
+    opt(Some('m'), "masquerading", No, Action::Forward(Fwd::Masq)),
+    opt(Some('i'), "ipip", No, Action::Forward(Fwd::Tunnel)),
+    opt(Some('g'), "gatewaying", No, Action::Forward(Fwd::Route)),
+    opt(Some('w'), "weight", Value, Set(Opt::Weight)),
+    opt(Some('x'), "u-threshold", Value, Set(Opt::UThreshold)),
+    opt(Some('y'), "l-threshold", Value, Set(Opt::LThreshold)),
+    opt(Some('b'), "sched-flags", Value, Set(Opt::SchedFlags)),
+    opt(Some('n'), "numeric", No, Set(Opt::Numeric)),
+    opt(Some('c'), "connection", No, Set(Opt::Connection)),
+    opt(None, "mcast-interface", Value, Set(Opt::Mcast)),
+    opt(None, "syncid", Value, Set(Opt::SyncId)),
+    opt(None, "timeout", No, Set(Opt::Timeout)),
+    opt(None, "daemon", No, Set(Opt::Daemon)),
+    opt(None, "stats", No, Set(Opt::Stats)),
+    opt(None, "rate", No, Set(Opt::Rate)),
+    opt(None, "thresholds", No, Set(Opt::Thresholds)),
+    opt(None, "persistent-conn", No, Set(Opt::PersistentConn)),
+    opt(None, "nosort", No, Set(Opt::NoSort)),
+    opt(None, "sort", No, Action::Nothing),
+    opt(Some('X'), "exact", No, Set(Opt::Exact)),
+    opt(Some('6'), "ipv6", No, Action::Refuse(refuse_ipv6)),
+    opt(Some('o'), "ops", No, Set(Opt::Ops)),
 ];
+
+fn refuse_sctp(_word: &str) -> UsageError {
+    UsageError::new("SCTP services are not supported by nfvs").hint("nfvs balances TCP services (-t)")
+}
+
+fn refuse_ipv6(word: &str) -> UsageError {
+    UsageError::new("IPv6 services are not supported by nfvs").hint(format!("'{word}': nfvs balances IPv4 TCP services"))
+}
 
 /// Stage one: words -> [`RawArgs`]. `args` excludes the program name. Words equal to
 /// `ipvsadm` are skipped, as ipvsadm's restore does, so saved lines may start with it.
@@ -261,7 +295,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<RawArgs, UsageError> {
                     .hint("see `nfvs adm --help` for the options nfvs understands")
             })?;
             let value = take_value(def, inline, &words, &mut i, w)?;
-            raw.apply(def, value, w)?;
+            raw.apply(def.action, value, w)?;
         } else if w.len() > 1 && w.starts_with('-') {
             let chars: Vec<char> = w[1..].chars().collect();
             let mut k = 0;
@@ -281,7 +315,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<RawArgs, UsageError> {
                     None
                 };
                 let value = take_value(def, inline, &words, &mut i, w)?;
-                raw.apply(def, value, w)?;
+                raw.apply(def.action, value, w)?;
             }
         } else {
             raw.extra.push(w.to_string());
@@ -333,6 +367,34 @@ fn take_value(
 }
 
 impl RawArgs {
+    /// Whether `opt` was given.
+    pub(super) fn has(&self, opt: Opt) -> bool {
+        self.options & opt.bit() != 0
+    }
+
+    /// The value `opt` was given with, if any.
+    pub(super) fn value(&self, opt: Opt) -> Option<&str> {
+        self.values[opt as usize].as_deref()
+    }
+
+    /// The options given, as [`Opt::bit`]s.
+    pub(super) fn options(&self) -> u32 {
+        self.options
+    }
+
+    /// The listing format the options select.
+    pub(super) fn format(&self) -> ListFormat {
+        ListFormat {
+            numeric: self.has(Opt::Numeric),
+            stats: self.has(Opt::Stats),
+            rate: self.has(Opt::Rate),
+            thresholds: self.has(Opt::Thresholds),
+            persistent_conn: self.has(Opt::PersistentConn),
+            nosort: self.has(Opt::NoSort),
+            exact: self.has(Opt::Exact),
+        }
+    }
+
     fn set_command(&mut self, cmd: Cmd) -> Result<(), UsageError> {
         if self.cmd.is_some() {
             return Err(UsageError::new("multiple commands specified"));
@@ -342,125 +404,37 @@ impl RawArgs {
     }
 
     fn set_option(&mut self, opt: Opt) -> Result<(), UsageError> {
-        if self.options & opt.bit() != 0 {
+        if self.has(opt) {
             return Err(UsageError::new(format!("multiple '{}' options specified", opt.name())));
         }
         self.options |= opt.bit();
         Ok(())
     }
 
-    fn apply(&mut self, def: &OptDef, value: Option<String>, word: &str) -> Result<(), UsageError> {
-        let v = value.clone().unwrap_or_default();
-        match def.long {
-            "add-service" => self.set_command(Cmd::Add)?,
-            "edit-service" => self.set_command(Cmd::Edit)?,
-            "delete-service" => self.set_command(Cmd::Del)?,
-            "clear" => self.set_command(Cmd::Flush)?,
-            "list" => self.set_command(Cmd::List)?,
-            "zero" => self.set_command(Cmd::Zero)?,
-            "add-server" => self.set_command(Cmd::AddDest)?,
-            "edit-server" => self.set_command(Cmd::EditDest)?,
-            "delete-server" => self.set_command(Cmd::DelDest)?,
-            "set" => self.set_command(Cmd::Timeout)?,
-            "restore" => self.set_command(Cmd::Restore)?,
-            "save" => self.set_command(Cmd::Save)?,
-            "start-daemon" => self.set_command(Cmd::StartDaemon)?,
-            "stop-daemon" => self.set_command(Cmd::StopDaemon)?,
-            "help" => self.help = true,
-            "version" => self.version = true,
-            "tcp-service" | "udp-service" => {
+    /// Does what reading one option does; `word` is the option as written.
+    fn apply(&mut self, action: Action, value: Option<String>, word: &str) -> Result<(), UsageError> {
+        match action {
+            Action::Command(cmd) => self.set_command(cmd)?,
+            Action::Help => self.help = true,
+            Action::Version => self.version = true,
+            Action::Service(proto) => {
                 self.set_option(Opt::Service)?;
-                let p = if def.long == "tcp-service" { Protocol::Tcp } else { Protocol::Udp };
-                self.service = Some((p, v));
+                self.service = Some((proto, value.unwrap_or_default()));
             }
-            "sctp-service" => {
-                return Err(UsageError::new("SCTP services are not supported by nfvs")
-                    .hint("nfvs balances TCP services (-t)"))
-            }
-            "fwmark-service" => {
+            Action::Fwmark => {
                 self.set_option(Opt::Service)?;
-                self.fwmark = Some(v);
+                self.fwmark = Some(value.unwrap_or_default());
             }
-            "scheduler" => {
-                self.set_option(Opt::Scheduler)?;
-                self.scheduler = Some(v);
-            }
-            "persistent" => {
-                self.set_option(Opt::Persistent)?;
-                self.persistent = Some(value);
-            }
-            "netmask" => {
-                self.set_option(Opt::Netmask)?;
-                self.netmask = Some(v);
-            }
-            "real-server" => {
-                self.set_option(Opt::Server)?;
-                self.server = Some(v);
-            }
-            "masquerading" | "ipip" | "gatewaying" => {
+            Action::Forward(fwd) => {
                 self.set_option(Opt::Forward)?;
-                self.fwd = Some(match def.long {
-                    "masquerading" => Fwd::Masq,
-                    "ipip" => Fwd::Tunnel,
-                    _ => Fwd::Route,
-                });
+                self.fwd = Some(fwd);
             }
-            "weight" => {
-                self.set_option(Opt::Weight)?;
-                self.weight = Some(v);
+            Action::Set(opt) => {
+                self.set_option(opt)?;
+                self.values[opt as usize] = value;
             }
-            "u-threshold" => {
-                self.set_option(Opt::UThreshold)?;
-                self.u_threshold = Some(v);
-            }
-            "l-threshold" => {
-                self.set_option(Opt::LThreshold)?;
-                self.l_threshold = Some(v);
-            }
-            "sched-flags" => {
-                self.set_option(Opt::SchedFlags)?;
-                self.sched_flags = Some(v);
-            }
-            "numeric" => {
-                self.set_option(Opt::Numeric)?;
-                self.format.numeric = true;
-            }
-            "connection" => self.set_option(Opt::Connection)?,
-            "mcast-interface" => self.set_option(Opt::Mcast)?,
-            "syncid" => self.set_option(Opt::SyncId)?,
-            "timeout" => self.set_option(Opt::Timeout)?,
-            "daemon" => self.set_option(Opt::Daemon)?,
-            "stats" => {
-                self.set_option(Opt::Stats)?;
-                self.format.stats = true;
-            }
-            "rate" => {
-                self.set_option(Opt::Rate)?;
-                self.format.rate = true;
-            }
-            "thresholds" => {
-                self.set_option(Opt::Thresholds)?;
-                self.format.thresholds = true;
-            }
-            "persistent-conn" => {
-                self.set_option(Opt::PersistentConn)?;
-                self.format.persistent_conn = true;
-            }
-            "nosort" => {
-                self.set_option(Opt::NoSort)?;
-                self.format.nosort = true;
-            }
-            "sort" => {}
-            "exact" => {
-                self.set_option(Opt::Exact)?;
-                self.format.exact = true;
-            }
-            "ipv6" => {
-                return Err(UsageError::new("IPv6 services are not supported by nfvs")
-                    .hint(format!("'{word}': nfvs balances IPv4 TCP services")))
-            }
-            "ops" => self.set_option(Opt::Ops)?,
-            other => unreachable!("option table and apply() disagree on --{other}"),
+            Action::Nothing => {}
+            Action::Refuse(refusal) => return Err(refusal(word)),
         }
         Ok(())
     }
@@ -508,7 +482,19 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::adm::command::{ListFormat, ListWhat};
+    use crate::adm::command::ListWhat;
+
+    /// A name in the table twice would leave its second row dead (ipvsadm has `--list` twice,
+    /// for `-L` and `-l`, both the same command).
+    #[test]
+    fn each_option_is_spelled_once() {
+        for (i, d) in OPTS.iter().enumerate() {
+            for e in &OPTS[i + 1..] {
+                assert!(d.short.is_none() || d.short != e.short, "-{:?} twice", d.short);
+                assert!(d.long != e.long || d.long == "list", "--{} twice", d.long);
+            }
+        }
+    }
 
     #[test]
     fn ipvsadm_option_rules() {

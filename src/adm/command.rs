@@ -137,7 +137,7 @@ impl RawArgs {
             return Ok(Command::Version);
         }
         let Some(cmd) = self.cmd else {
-            if self.options == 0 && self.extra.is_empty() {
+            if self.options() == 0 && self.extra.is_empty() {
                 // No arguments at all = `-L` without `-n`.
                 return Ok(Command::List(ListWhat::All, ListFormat::default()));
             }
@@ -162,7 +162,7 @@ impl RawArgs {
             return Err(UsageError::new("fwmark services are not supported by nfvs")
                 .hint("give the service as -t VIP:PORT"));
         }
-        if self.options & Opt::Ops.bit() != 0 {
+        if self.has(Opt::Ops) {
             return Err(UsageError::new("One-Packet Scheduling is only for UDP virtual services"));
         }
         let key = match &self.service {
@@ -194,30 +194,8 @@ impl RawArgs {
                 let (addr, port) = self.server_addr(&key)?;
                 Command::DelDest(key, addr, port)
             }
-            Cmd::List => {
-                let o = self.options;
-                // ipvsadm 1.31: -c/--timeout/--daemon exclude the counter views, and
-                // --timeout/--daemon also exclude --persistent-conn (-c allows it).
-                let views = Opt::Stats.bit() | Opt::Rate.bit() | Opt::Thresholds.bit();
-                let other = Opt::Connection.bit() | Opt::Timeout.bit() | Opt::Daemon.bit();
-                let no_pc = Opt::Timeout.bit() | Opt::Daemon.bit();
-                if (o & other != 0 && o & views != 0) || (o & no_pc != 0 && o & Opt::PersistentConn.bit() != 0) {
-                    return Err(UsageError::new("options conflicts in the list command"));
-                }
-                let what = if o & Opt::Connection.bit() != 0 {
-                    ListWhat::Connections
-                } else if let Some(k) = key {
-                    ListWhat::Service(k)
-                } else if o & Opt::Timeout.bit() != 0 {
-                    ListWhat::Timeouts
-                } else if o & Opt::Daemon.bit() != 0 {
-                    ListWhat::Daemon
-                } else {
-                    ListWhat::All
-                };
-                Command::List(what, self.format)
-            }
-            Cmd::Save => Command::Save { numeric: self.format.numeric },
+            Cmd::List => self.list_command(key)?,
+            Cmd::Save => Command::Save { numeric: self.has(Opt::Numeric) },
             Cmd::Restore => Command::Restore,
             Cmd::Zero => Command::Zero(key),
             Cmd::StartDaemon => Command::StartDaemon,
@@ -226,11 +204,36 @@ impl RawArgs {
         })
     }
 
+    /// `-L` and its variants.
+    fn list_command(&self, key: Option<ServiceKey>) -> Result<Command, UsageError> {
+        let o = self.options();
+        // ipvsadm 1.31: -c/--timeout/--daemon exclude the counter views, and
+        // --timeout/--daemon also exclude --persistent-conn (-c allows it).
+        let views = Opt::Stats.bit() | Opt::Rate.bit() | Opt::Thresholds.bit();
+        let other = Opt::Connection.bit() | Opt::Timeout.bit() | Opt::Daemon.bit();
+        let no_pc = Opt::Timeout.bit() | Opt::Daemon.bit();
+        if (o & other != 0 && o & views != 0) || (o & no_pc != 0 && o & Opt::PersistentConn.bit() != 0) {
+            return Err(UsageError::new("options conflicts in the list command"));
+        }
+        let what = if self.has(Opt::Connection) {
+            ListWhat::Connections
+        } else if let Some(k) = key {
+            ListWhat::Service(k)
+        } else if self.has(Opt::Timeout) {
+            ListWhat::Timeouts
+        } else if self.has(Opt::Daemon) {
+            ListWhat::Daemon
+        } else {
+            ListWhat::All
+        };
+        Ok(Command::List(what, self.format()))
+    }
+
     fn check_legality(&self, cmd: Cmd) -> Result<(), UsageError> {
         let row = cmd.legality();
         let mut exclusive: Option<Opt> = None;
         for opt in Opt::ALL {
-            let set = self.options & opt.bit() != 0;
+            let set = self.has(opt);
             let rule = row[opt as usize];
             if !set {
                 if rule == b'+' {
@@ -265,20 +268,20 @@ impl RawArgs {
     }
 
     fn service_spec(&self, key: ServiceKey) -> Result<ServiceSpec, UsageError> {
-        let sched_name = self.scheduler.clone().unwrap_or_else(|| DEFAULT_SCHED.to_string());
-        let persistent = match &self.persistent {
-            None => None,
-            Some(None) => Some(DEFAULT_PERSISTENT),
-            Some(Some(v)) => Some(parse_timeout(v, 1)?),
+        let sched_name = self.value(Opt::Scheduler).unwrap_or(DEFAULT_SCHED).to_string();
+        let persistent = match (self.has(Opt::Persistent), self.value(Opt::Persistent)) {
+            (false, _) => None,
+            (true, None) => Some(DEFAULT_PERSISTENT),
+            (true, Some(v)) => Some(parse_timeout(v, 1)?),
         };
         if key.port == 0 && persistent.is_none() {
             return Err(UsageError::new("Zero port specified for non-persistent service"));
         }
-        let netmask = match &self.netmask {
+        let netmask = match self.value(Opt::Netmask) {
             None => Ipv4Addr::BROADCAST,
             Some(m) => parse_netmask(m)?,
         };
-        let flags = match &self.sched_flags {
+        let flags = match self.value(Opt::SchedFlags) {
             None => SchedFlags::default(),
             Some(f) => parse_sched_flags(f, &sched_name)?,
         };
@@ -292,7 +295,7 @@ impl RawArgs {
     }
 
     fn server_addr(&self, key: &ServiceKey) -> Result<(Ipv4Addr, u16), UsageError> {
-        let text = self.server.as_deref().expect("legality: real-server required");
+        let text = self.value(Opt::Server).expect("legality: real-server required");
         let (addr, port) = parse_host_port(text, key.proto)
             .ok_or_else(|| UsageError::new("illegal real server address[:port] specified"))?;
         Ok((addr, port.unwrap_or(key.port)))
@@ -319,15 +322,15 @@ impl RawArgs {
             }
             None => {}
         }
-        let weight = match &self.weight {
+        let weight = match self.value(Opt::Weight) {
             None => 1,
             Some(w) => number(w, 0, 65535).ok_or_else(|| UsageError::new("illegal weight specified"))?,
         };
-        let u_threshold = match &self.u_threshold {
+        let u_threshold = match self.value(Opt::UThreshold) {
             None => 0,
             Some(x) => number(x, 0, i32::MAX as u32).ok_or_else(|| UsageError::new("illegal u_threshold specified"))?,
         };
-        let l_threshold = match &self.l_threshold {
+        let l_threshold = match self.value(Opt::LThreshold) {
             None => 0,
             Some(y) => number(y, 0, i32::MAX as u32).ok_or_else(|| UsageError::new("illegal l_threshold specified"))?,
         };
