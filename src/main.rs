@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use nfvs::cli::{Cli, Command};
 use nfvs::adm::command::Command as AdmCommand;
+use nfvs::adm::etc_services::PortNames;
 use nfvs::adm::{args, control, listing, rules, usage};
 use nfvs::daemon;
 
@@ -77,7 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let t = rules::load_rules(&rules)?;
             let rs = daemon::ruleset_for(&t, &[], 0, 1, daemon::Overload::Drop, daemon::DEFAULT_CT_MARK);
             rs.validate()?;
-            print!("{}", listing::save(&t, true, &listing::PortNames::none()));
+            print!("{}", listing::save(&t, true, &PortNames::none()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Adm { control, args } => Ok(adm(control, args)),

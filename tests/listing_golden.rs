@@ -10,7 +10,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use nfvs::adm::args::parse_line;
 use nfvs::adm::command::{Command, ListFormat, ListWhat};
-use nfvs::adm::listing::{self, ConnRow, ListError, PortNames};
+use nfvs::adm::etc_services::PortNames;
+use nfvs::adm::listing::{self, ConnRow, ListError};
 use nfvs::adm::rules::parse_rules;
 use nfvs::adm::usage;
 use nfvs::service::{DestId, Protocol, ServiceKey, Table};

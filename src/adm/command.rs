@@ -13,6 +13,7 @@ use crate::sched::{SchedFlags, SchedOptions};
 use crate::service::{DestSpec, EditError, Protocol, ServiceKey, ServiceSpec};
 
 use super::args::{Cmd, Opt, RawArgs};
+use super::etc_services::PortNames;
 
 /// ipvsadm's default scheduler.
 pub const DEFAULT_SCHED: &str = "wlc";
@@ -392,7 +393,7 @@ fn parse_host_port(text: &str, proto: Protocol) -> Option<(Ipv4Addr, Option<u16>
         None => None,
         Some(p) => Some(match number(p, 0, 65535) {
             Some(n) => n as u16,
-            None => service_port(p, proto)?,
+            None => PortNames::system().port(proto, p)?,
         }),
     };
     Some((addr, port))
@@ -408,23 +409,6 @@ fn parse_service(proto: Protocol, text: &str) -> Result<ServiceKey, UsageError> 
             .hint("nfvs balances TCP services (-t)"));
     }
     Ok(ServiceKey { proto, addr, port: port.unwrap_or(0) })
-}
-
-/// Looks a port name up in /etc/services, as ipvsadm's getservbyname does.
-fn service_port(name: &str, proto: Protocol) -> Option<u16> {
-    let want = match proto {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    };
-    let text = std::fs::read_to_string("/etc/services").ok()?;
-    text.lines().find_map(|line| {
-        let line = line.split('#').next()?;
-        let mut words = line.split_whitespace();
-        let svc = words.next()?;
-        let (port, p) = words.next()?.split_once('/')?;
-        let aliases: Vec<&str> = words.collect();
-        ((svc == name || aliases.contains(&name)) && p == want).then(|| port.parse().ok()).flatten()
-    })
 }
 
 /// ipvsadm's message for a refused table edit (lvs-semantics.md §8.4), exactly: scripts

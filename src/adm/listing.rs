@@ -10,13 +10,13 @@
 //! Names: without `-n`, ipvsadm reverse-resolves addresses (`gethostbyaddr`) and names ports
 //! (`getservbyport`). nfvs does no DNS, so addresses always print numerically (what ipvsadm
 //! prints too for an address without a PTR record); ports are named from `/etc/services`
-//! through [`PortNames`], first matching line wins, as glibc's files backend does.
+//! through [`PortNames`].
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::command::ListFormat;
+use super::etc_services::PortNames;
 use crate::sched::SchedFlags;
 use crate::service::{Dest, Protocol, ServiceKey, ServiceSpec, Table};
 use crate::stats::{Counters, Rates, StatsSource};
@@ -36,49 +36,6 @@ pub enum ListError {
     /// `-L -t VIP:PORT` for a service that does not exist (ipvsadm: ESRCH, exit status 1).
     #[error("No such service")]
     NoSuchService,
-}
-
-/// Port names for `-L`/`-S`/`-c` without `-n`: `/etc/services` read once.
-#[derive(Debug, Clone, Default)]
-pub struct PortNames {
-    by_port: HashMap<(Protocol, u16), String>,
-}
-
-impl PortNames {
-    /// No names at all: every port prints as a number.
-    pub fn none() -> PortNames {
-        PortNames::default()
-    }
-
-    /// The system's `/etc/services`. If it cannot be read, ports print as numbers, which is
-    /// what ipvsadm does when `getservbyport` finds nothing.
-    pub fn system() -> PortNames {
-        std::fs::read_to_string("/etc/services").map(|t| PortNames::parse(&t)).unwrap_or_default()
-    }
-
-    /// Parses `/etc/services` text (`name port/proto [aliases] [# comment]`). The first line
-    /// naming a port/protocol wins, as `getservbyport` with the files backend returns it.
-    pub fn parse(text: &str) -> PortNames {
-        let mut by_port = HashMap::new();
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or("");
-            let mut words = line.split_whitespace();
-            let (Some(name), Some(port_proto)) = (words.next(), words.next()) else { continue };
-            let Some((port, proto)) = port_proto.split_once('/') else { continue };
-            let Ok(port) = port.parse::<u16>() else { continue };
-            let proto = match proto {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                _ => continue,
-            };
-            by_port.entry((proto, port)).or_insert_with(|| name.to_string());
-        }
-        PortNames { by_port }
-    }
-
-    pub fn name(&self, proto: Protocol, port: u16) -> Option<&str> {
-        self.by_port.get(&(proto, port)).map(String::as_str)
-    }
 }
 
 /// ipvsadm's `addrport_to_anyname`: `addr:port`, the port named unless `numeric`.
@@ -579,13 +536,5 @@ mod tests {
         assert_eq!(sort_services(&[k(b), k(c), k(a)]), [0, 1, 2]);
         // [a, c, b]: right [c, b] -> [b, c] (b < c); merge a vs b -> a, then b, c.
         assert_eq!(sort_services(&[k(a), k(c), k(b)]), [0, 2, 1]);
-    }
-
-    #[test]
-    fn etc_services_first_match_wins() {
-        let n = PortNames::parse("# c\nhttp\t80/tcp\twww # web\nwww-alt 80/tcp\nhttp 80/udp\nbad line\nx 99999/tcp\n");
-        assert_eq!(n.name(Protocol::Tcp, 80), Some("http"));
-        assert_eq!(n.name(Protocol::Udp, 80), Some("http"));
-        assert_eq!(n.name(Protocol::Tcp, 81), None);
     }
 }

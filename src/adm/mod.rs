@@ -5,6 +5,7 @@
 //! - [`command`]: stage two, [`command::Command`] checked against ipvsadm's legality table
 //!   and value ranges, with ipvsadm's messages and exit statuses;
 //! - [`rules`]: rules files, applying table edits, the difference a SIGHUP reload applies;
+//! - [`etc_services`]: port names from `/etc/services`, both ways;
 //! - [`listing`]: `-L`, `-S`, `-L -c`, `--timeout`, byte for byte;
 //! - [`usage`]: `-h` and `-v`;
 //! - [`control`]: the control socket between `nfvs adm` and the daemon.
@@ -15,6 +16,7 @@
 pub mod args;
 pub mod command;
 pub mod control;
+pub mod etc_services;
 pub mod listing;
 pub mod rules;
 pub mod usage;
