@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use nfvs::cli::{Cli, Command};
-use nfvs::adm::command::Command as AdmCommand;
+use nfvs::cli::{self, Cli, Command};
+use nfvs::adm::command::{Command as AdmCommand, UsageError};
 use nfvs::adm::etc_services::PortNames;
 use nfvs::adm::{args, control, listing, rules, usage};
 use nfvs::daemon;
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let mut argv = std::env::args();
     let argv0 = argv.next().unwrap_or_default();
     if Path::new(&argv0).file_name().is_some_and(|n| n == "ipvsadm") {
-        return adm(None, argv.collect());
+        return adm("ipvsadm", None, argv.collect());
     }
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,mnl=info")).init();
@@ -81,27 +81,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", listing::save(&t, true, &PortNames::none()));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Adm { control, args } => Ok(adm(control, args)),
+        Command::Adm { control, args } => Ok(adm("nfvs adm", control, args)),
     }
 }
 
-/// `nfvs adm ARGS` / `ipvsadm ARGS`: help, version and usage errors are answered here, as
-/// ipvsadm answers them without the kernel; everything else goes to the daemon.
-fn adm(control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
+/// `nfvs adm ARGS` / `ipvsadm ARGS` (`program` says which): help, version and usage errors are
+/// answered here, as ipvsadm answers them without the kernel; everything else goes to the
+/// daemon.
+fn adm(program: &str, control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
     let exit = |code: i32| ExitCode::from(code.clamp(0, 255) as u8);
+    let usage_error = |e: UsageError| {
+        eprintln!("{}", e.message);
+        if let Some(h) = &e.hint {
+            eprintln!("  nfvs: {h}");
+        }
+        exit(e.exit_code)
+    };
+    let (control, args) = match cli::adm_control(control, args) {
+        Ok(split) => split,
+        Err(e) => return usage_error(e),
+    };
     let cmd = match args::parse_args(&args).and_then(|r| r.validate()) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{}", e.message);
-            if let Some(h) = &e.hint {
-                eprintln!("  nfvs: {h}");
-            }
-            return exit(e.exit_code);
-        }
+        Err(e) => return usage_error(e),
     };
     match cmd {
         AdmCommand::Help => {
-            print!("{}", usage::usage("ipvsadm"));
+            print!("{}", usage::usage(program));
             return ExitCode::SUCCESS;
         }
         AdmCommand::Version => {

@@ -816,3 +816,69 @@ fn expire_nodest_cuts_the_deleted_servers_connections() {
     assert!(exit.success(), "{exit}\n{}", d.log());
     assert_eq!(lab.sysctl(Role::Director, "net.netfilter.nf_conntrack_tcp_loose"), loose);
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 10: what a new user meets
+
+/// `PROGRAM ARGS` with standard input closed, outside any namespace: for what the client
+/// answers itself (help, usage errors).
+fn run_plain(program: &Path, args: &[&str]) -> Output {
+    Command::new(program).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// Issue 10: `nfvs adm -h` and `nfvs adm --help` print ipvsadm's help, the option list the
+/// `ipvsadm` symlink's `-h` prints (its usage lines name `nfvs adm`), not clap's help of the
+/// subcommand; so the "unknown option" hint, which sends the user to `nfvs adm --help`, leads
+/// to ipvsadm's options. `nfvs help adm` still describes the subcommand itself.
+#[test]
+fn adm_help_is_ipvsadms_help() {
+    let dir = tmp_dir().join(format!("help-{}-bin", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let ipvsadm = dir.join("ipvsadm");
+    symlink(nfvs_bin(), &ipvsadm).unwrap();
+    let out = run_plain(&ipvsadm, &["-h"]);
+    let _ = fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "ipvsadm -h: {}", String::from_utf8_lossy(&out.stderr));
+    let symlink_help = String::from_utf8_lossy(&out.stdout).into_owned();
+    for option in ["--tcp-service|-t", "--masquerading -m", "--persistent-conn", "--sched-flags  -b"] {
+        assert!(symlink_help.contains(option), "{option} is not in ipvsadm -h:\n{symlink_help}");
+    }
+    let want = symlink_help.replace("\n  ipvsadm ", "\n  nfvs adm ");
+    assert_ne!(want, symlink_help, "the usage lines name the program");
+    for h in ["-h", "--help"] {
+        let out = run_plain(&nfvs_bin(), &["adm", h]);
+        assert!(out.status.success() && out.stderr.is_empty(), "nfvs adm {h}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "nfvs adm {h}");
+    }
+    let out = run_plain(&nfvs_bin(), &["adm", "--frobnicate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr.contains("--frobnicate: unknown option") && stderr.contains("`nfvs adm --help`"), "{stderr}");
+    let out = run_plain(&nfvs_bin(), &["help", "adm"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && help.contains("--control <PATH>") && help.contains("`nfvs adm -h`"), "{help}");
+}
+
+/// Issue 10: `--control PATH` (and `--control=PATH`) is `nfvs adm`'s own option wherever it
+/// comes among the ipvsadm arguments, also last, where scripts append it.
+#[test]
+fn adm_takes_control_anywhere() {
+    require_root();
+    let ns = NetNs::new();
+    let sock = tmp_dir().join(format!("{}-control.sock", ns.name()));
+    let sock_arg = sock.to_str().unwrap();
+    let _d = ns.daemon(nfvs_bin()).args(["run", "--control", sock_arg]).start().unwrap();
+    let adm = |args: &[&str]| {
+        let out = ns.command(nfvs_bin()).arg("adm").args(args).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success() && stderr.is_empty(), "nfvs adm {}: {stderr}", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    adm(&["--control", sock_arg, "-A", "-t", "10.0.0.1:80", "-s", "rr"]);
+    adm(&["-a", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80", "-m", "--control", sock_arg]);
+    let control_eq = format!("--control={sock_arg}");
+    let want = "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.1.1:80 -m -w 1\n";
+    assert_eq!(adm(&["-S", &control_eq, "-n"]), want);
+    assert_eq!(adm(&["-S", "-n", "--control", sock_arg]), want);
+}

@@ -33,13 +33,16 @@ pub struct UsageError {
 }
 
 impl UsageError {
-    pub(super) fn new(message: impl Into<String>) -> UsageError {
+    /// A bad value or combination: exit status 2.
+    pub fn new(message: impl Into<String>) -> UsageError {
         UsageError { message: message.into(), exit_code: 2, hint: None }
     }
-    pub(super) fn unparseable(message: impl Into<String>) -> UsageError {
+    /// Words that cannot be parsed at all: exit status 255.
+    pub fn unparseable(message: impl Into<String>) -> UsageError {
         UsageError { message: message.into(), exit_code: 255, hint: None }
     }
-    pub(super) fn hint(mut self, hint: impl Into<String>) -> UsageError {
+    /// nfvs's advice, printed after ipvsadm's message.
+    pub fn hint(mut self, hint: impl Into<String>) -> UsageError {
         self.hint = Some(hint.into());
         self
     }
