@@ -47,26 +47,27 @@ impl Cmd {
     }
 
     /// ipvsadm's `commands_v_options` row: '+' compulsory, 'x' illegal, '1' exclusive,
-    /// ' ' optional; columns in [`Opt`] order.
+    /// ' ' optional; columns in [`Opt`] order (ipvsadm's own, without the `--pe` and tunnel
+    /// columns: nfvs refuses those options as it reads them).
     pub(super) fn legality(self) -> &'static [u8; Opt::COUNT] {
-        //                 -n -c svc -s -p -M -r fwd -w -x -y -mc tot dmn -st -rt thr -pc srt sid -ex ops -b
+        //                 -n -c svc -s -p -M -r fwd -w -x -y -mc tot dmn -st -rt thr -pc srt sid -ex ops -b grp port ttl size
         match self {
-            Cmd::Add | Cmd::Edit => b"xx+   xxxxxxxxxxxxxxx  ",
-            Cmd::Del => b"xx+xxxxxxxxxxxxxxxxxxxx",
-            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxxxxxxxxxx",
-            Cmd::List => b" 11xxxxxxxxx11       xx",
-            Cmd::AddDest | Cmd::EditDest => b"xx+xxx+    xxxxxxxxxxxx",
-            Cmd::DelDest => b"xx+xxx+xxxxxxxxxxxxxxxx",
-            Cmd::StartDaemon => b"xxxxxxxxxxx xxxxxxx xxx",
-            Cmd::StopDaemon => b"xxxxxxxxxxxxxxxxxxx xxx",
-            Cmd::Save => b" xxxxxxxxxxxxxxxxxxxxxx",
-            Cmd::Zero => b"xx xxxxxxxxxxxxxxxxxxxx",
+            Cmd::Add | Cmd::Edit => b"xx+   xxxxxxxxxxxxxxx  xxxx",
+            Cmd::Del => b"xx+xxxxxxxxxxxxxxxxxxxxxxxx",
+            Cmd::Flush | Cmd::Timeout | Cmd::Restore => b"xxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            Cmd::List => b" 11xxxxxxxxx11       xxxxxx",
+            Cmd::AddDest | Cmd::EditDest => b"xx+xxx+    xxxxxxxxxxxxxxxx",
+            Cmd::DelDest => b"xx+xxx+xxxxxxxxxxxxxxxxxxxx",
+            Cmd::StartDaemon => b"xxxxxxxxxxx xxxxxxx xxx    ",
+            Cmd::StopDaemon => b"xxxxxxxxxxxxxxxxxxx xxxxxxx",
+            Cmd::Save => b" xxxxxxxxxxxxxxxxxxxxxxxxxx",
+            Cmd::Zero => b"xx xxxxxxxxxxxxxxxxxxxxxxxx",
         }
     }
 }
 
-/// The options, in the order of ipvsadm's `optnames[]` (plus `sched-flags`, ipvsadm 1.27+):
-/// the columns of [`Cmd::legality`].
+/// The options, in the order of ipvsadm 1.31's `optnames[]` (without `pe` and the tunnel
+/// options): the columns of [`Cmd::legality`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum Opt {
@@ -93,11 +94,15 @@ pub(super) enum Opt {
     Exact,
     Ops,
     SchedFlags,
+    McastGroup,
+    McastPort,
+    McastTtl,
+    SyncMaxlen,
 }
 
 impl Opt {
     pub(super) const COUNT: usize = Opt::ALL.len();
-    pub(super) const ALL: [Opt; 23] = [
+    pub(super) const ALL: [Opt; 27] = [
         Opt::Numeric,
         Opt::Connection,
         Opt::Service,
@@ -121,6 +126,10 @@ impl Opt {
         Opt::Exact,
         Opt::Ops,
         Opt::SchedFlags,
+        Opt::McastGroup,
+        Opt::McastPort,
+        Opt::McastTtl,
+        Opt::SyncMaxlen,
     ];
     pub(super) fn name(self) -> &'static str {
         match self {
@@ -147,6 +156,10 @@ impl Opt {
             Opt::Exact => "exact",
             Opt::Ops => "ops",
             Opt::SchedFlags => "sched-flags",
+            Opt::McastGroup => "mcast-group",
+            Opt::McastPort => "mcast-port",
+            Opt::McastTtl => "mcast-ttl",
+            Opt::SyncMaxlen => "sync-maxlen",
         }
     }
     pub(super) fn bit(self) -> u32 {
@@ -255,6 +268,10 @@ const OPTS: &[OptDef] = &[
     opt(Some('c'), "connection", No, Set(Opt::Connection)),
     opt(None, "mcast-interface", Value, Set(Opt::Mcast)),
     opt(None, "syncid", Value, Set(Opt::SyncId)),
+    opt(None, "mcast-group", Value, Set(Opt::McastGroup)),
+    opt(None, "mcast-port", Value, Set(Opt::McastPort)),
+    opt(None, "mcast-ttl", Value, Set(Opt::McastTtl)),
+    opt(None, "sync-maxlen", Value, Set(Opt::SyncMaxlen)),
     opt(None, "timeout", No, Set(Opt::Timeout)),
     opt(None, "daemon", No, Set(Opt::Daemon)),
     opt(None, "stats", No, Set(Opt::Stats)),
@@ -266,6 +283,13 @@ const OPTS: &[OptDef] = &[
     opt(Some('X'), "exact", No, Set(Opt::Exact)),
     opt(Some('6'), "ipv6", No, Action::Refuse(refuse_ipv6)),
     opt(Some('o'), "ops", No, Set(Opt::Ops)),
+    opt(None, "pe", Value, Action::Refuse(refuse_pe)),
+    opt(None, "tun-info", No, Action::Refuse(refuse_tun_info)),
+    opt(None, "tun-type", Value, Action::Refuse(refuse_tunnel)),
+    opt(None, "tun-port", Value, Action::Refuse(refuse_tunnel)),
+    opt(None, "tun-nocsum", No, Action::Refuse(refuse_tunnel)),
+    opt(None, "tun-csum", No, Action::Refuse(refuse_tunnel)),
+    opt(None, "tun-remcsum", No, Action::Refuse(refuse_tunnel)),
 ];
 
 fn refuse_sctp(_word: &str) -> UsageError {
@@ -274,6 +298,27 @@ fn refuse_sctp(_word: &str) -> UsageError {
 
 fn refuse_ipv6(word: &str) -> UsageError {
     UsageError::new("IPv6 services are not supported by nfvs").hint(format!("'{word}': nfvs balances IPv4 TCP services"))
+}
+
+/// The option of `--name=value` as written.
+fn option_of(word: &str) -> &str {
+    word.split_once('=').map_or(word, |(o, _)| o)
+}
+
+fn refuse_pe(word: &str) -> UsageError {
+    UsageError::new(format!("persistence engines ({}) are not supported by nfvs", option_of(word)))
+        .hint("nfvs's persistence is by client address (-p, -M); IPVS's one engine, sip, is for UDP")
+}
+
+/// `--tun-*`: the options of `-i`, refused as `-i` is.
+fn refuse_tunnel(word: &str) -> UsageError {
+    UsageError::new(format!("tunnelling ({}) is not supported by nfvs", option_of(word)))
+        .hint("nfvs does LVS NAT mode only: use -m")
+}
+
+fn refuse_tun_info(word: &str) -> UsageError {
+    UsageError::new(format!("tunnel information ({word}) is not supported by nfvs"))
+        .hint("nfvs has no tunnels: every real server is NAT (Masq), as -L shows")
 }
 
 /// Stage one: words -> [`RawArgs`]. `args` excludes the program name. Words equal to
@@ -549,6 +594,43 @@ mod tests {
                 Command::AddService(s) => assert_eq!(s.key.port, 80),
                 c => panic!("{c:?}"),
             }
+        }
+    }
+
+    /// Issue 10: what nfvs's own help marks "not supported by nfvs" is refused as such, like
+    /// its siblings, and not as an unknown option; the words after it still parse as ipvsadm
+    /// parses them (which of these options take a value is ipvsadm 1.31's popt table).
+    #[test]
+    fn unsupported_options_are_refused_as_such() {
+        let refused = |line: &str, message: &str| {
+            let e = parse_line(line).unwrap_err();
+            assert_eq!((e.message.as_str(), e.exit_code), (message, 2), "{line}");
+            assert!(e.hint.is_some(), "{line}: no advice");
+        };
+        let dest = "-a -t 1.2.3.4:80 -r 5.6.7.8:80";
+        refused("-A -t 1.2.3.4:80 -s rr --pe sip", "persistence engines (--pe) are not supported by nfvs");
+        refused("-A -t 1.2.3.4:80 --pe=sip -s rr", "persistence engines (--pe) are not supported by nfvs");
+        for (opt, value) in
+            [("--tun-type", " gue"), ("--tun-port", " 6080"), ("--tun-nocsum", ""), ("--tun-csum", ""), ("--tun-remcsum", "")]
+        {
+            let message = format!("tunnelling ({opt}) is not supported by nfvs");
+            refused(&format!("{dest} -i {opt}{value}"), &message);
+            refused(&format!("{dest} {opt}{value} -i"), &message);
+            refused(&format!("{dest} -m {opt}{value} -w 2"), &message);
+        }
+        refused(&format!("{dest} -m --tun-port=6080"), "tunnelling (--tun-port) is not supported by nfvs");
+        refused("-L -n --tun-info", "tunnel information (--tun-info) is not supported by nfvs");
+        // The sync daemon's options parse as ipvsadm's (each takes a value) and belong to
+        // --start-daemon, which the daemon refuses as it refuses --mcast-interface and --syncid.
+        let start = "--start-daemon master --mcast-interface eth0 --syncid 3 --mcast-group 224.0.0.81 \
+            --mcast-port 8848 --mcast-ttl 1 --sync-maxlen 1472";
+        assert_eq!(parse_line(start), Ok(Command::StartDaemon));
+        for opt in ["mcast-group", "mcast-port", "mcast-ttl", "sync-maxlen"] {
+            let e = parse_line(&format!("-L --{opt} 1")).unwrap_err();
+            let want = format!("Illegal '{opt}' option with the 'list' command");
+            assert_eq!((e.message.as_str(), e.exit_code), (want.as_str(), 2));
+            let e = parse_line(&format!("--start-daemon master --{opt} 1 --{opt} 2")).unwrap_err();
+            assert_eq!(e.message, format!("multiple '{opt}' options specified"));
         }
     }
 }
