@@ -1399,7 +1399,7 @@ fn list_connections(sh: &Shared, fmt: &command::ListFormat, names: &PortNames) -
         Ok(e) => e,
         Err(e) => return Reply::err(KERNEL_ERR, format!("cannot read conntrack: {e}")),
     };
-    let rows: Vec<ConnRow> = entries
+    let mut rows: Vec<ConnRow> = entries
         .iter()
         .map(|e| ConnRow {
             proto: if e.orig.proto == 6 { Protocol::Tcp } else { Protocol::Udp },
@@ -1413,6 +1413,13 @@ fn list_connections(sh: &Shared, fmt: &command::ListFormat, names: &PortNames) -
             rs: SocketAddrV4::new(e.reply.src, e.reply.sport),
         })
         .collect();
+    // Persistence templates are rows too, as in IPVS; their timers first catch up with now, as
+    // the ticker's sweep would have them.
+    let mut st = sh.lock();
+    let now = sh.now();
+    st.table.expire_templates(now);
+    rows.extend(listing::template_rows(&st.table, now));
+    drop(st);
     Reply::ok(listing::connections(&rows, fmt, names))
 }
 

@@ -882,3 +882,30 @@ fn adm_takes_control_anywhere() {
     assert_eq!(adm(&["-S", &control_eq, "-n"]), want);
     assert_eq!(adm(&["-S", "-n", "--control", sock_arg]), want);
 }
+
+/// Issue 10: `-L -c` lists persistence templates as IPVS does: state NONE, the client with
+/// port 0, the VIP and service port, the chosen server, the persistence timeout counting down.
+#[test]
+fn connection_listing_shows_persistence_templates() {
+    require_root();
+    let lab = Lab::up();
+    let _d = start_empty(&lab, &[]);
+    let adm = Ipvsadm::new(&lab.director());
+    let persistent = SEED_SAVE.replace(" -s wrr\n", " -s rr -p 300\n");
+    let out = adm.run_stdin(&["-R"], &persistent);
+    assert!(out.status.success(), "-R: {}", String::from_utf8_lossy(&out.stderr));
+    // Both connections go to .131: the second is a template hit.
+    assert_eq!((curl_rs(&lab), curl_rs(&lab)), (RS2.to_string(), RS2.to_string()));
+    let listing = adm.ok(&["-L", "-n", "-c"]);
+    let rows: Vec<_> = listing.lines().skip(2).map(conn_row).collect();
+    let templates: Vec<_> = rows.iter().filter(|r| r.2 == "NONE").collect();
+    assert_eq!(templates.len(), 1, "{listing}");
+    let (proto, expire, _, source, virt, dest) = templates[0];
+    assert_eq!(
+        (proto.as_str(), source.as_str(), virt.as_str(), dest.as_str()),
+        ("TCP", "192.168.199.1:0", SVC, "192.168.226.131:80"),
+        "{listing}"
+    );
+    assert!(["05:00", "04:59", "04:58", "04:57", "04:56", "04:55"].contains(&expire.as_str()), "{listing}");
+    assert_eq!(rows.iter().filter(|r| r.2 == "TIME_WAIT").count(), 2, "{listing}");
+}

@@ -14,6 +14,7 @@
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
 use super::command::ListFormat;
 use super::etc_services::PortNames;
@@ -386,13 +387,15 @@ pub fn save(table: &Table, numeric: bool, names: &PortNames) -> String {
 // ---------------------------------------------------------------------------------------
 // -L -c
 
-/// One connection for `ipvsadm -L -c`, as the daemon reads it from conntrack.
+/// One row of `ipvsadm -L -c`: a connection, as the daemon reads it from conntrack, or a
+/// persistence template ([`template_rows`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnRow {
     pub proto: Protocol,
     /// Seconds until the entry expires (conntrack's CTA_TIMEOUT is already "remaining").
     pub expire_secs: u32,
-    /// IPVS's state name (`ESTABLISHED`, `SYN_RECV`, `TIME_WAIT`, ..., `UDP` for UDP).
+    /// IPVS's state name (`ESTABLISHED`, `SYN_RECV`, `TIME_WAIT`, ..., `UDP` for UDP, `NONE`
+    /// for a template).
     pub state: String,
     pub client: SocketAddrV4,
     pub vip: SocketAddrV4,
@@ -429,6 +432,51 @@ pub fn connections(rows: &[ConnRow], fmt: &ListFormat, names: &PortNames) -> Str
         );
     }
     out
+}
+
+/// The state name IPVS gives a persistence template (`ip_vs_state_name` in ip_vs_proto.c, a
+/// template's state being IP_VS_CTPL_S_NONE; lvs-semantics.md §6). Kernels as recent as 6.12
+/// turn it to `ASSURED` once a connection it controls reaches ESTABLISHED
+/// (`ip_vs_control_assure_ct`, include/net/ip_vs.h); nfvs's templates do not record that.
+pub const TEMPLATE_STATE: &str = "NONE";
+
+/// The ports `ip_vs_check_template` gives a template it invalidates (dport and vport 0xffff,
+/// cport 0) when it unhashes it and hashes it again, so it stays listed until its timer ends.
+const INVALIDATED_PORT: u16 = 0xffff;
+
+/// The persistence templates of every persistent service as `-L -c` rows, as
+/// /proc/net/ip_vs_conn shows them (`ip_vs_conn_seq_show` in ip_vs_conn.c; templates are
+/// made in `ip_vs_sched_persist`, ip_vs_core.c): source = the client address AND the
+/// service's netmask, port 0; virtual = the VIP and the template's vport (the service port, or
+/// 0 for port-zero and FTP services); destination = the chosen server and its port (0 where the
+/// vport is 0); expire = the seconds left on the template's timer at `now` (truncated, as the
+/// kernel's jiffies-to-seconds is). Services in table order, templates in creation order.
+///
+/// The caller runs the templates' timers up to `now` first ([`Table::expire_templates`]), as
+/// the kernel's timers would have. A template whose real server has been deleted is left out:
+/// nfvs's templates keep only the server's identity, not its address, which IPVS still prints.
+pub fn template_rows(table: &Table, now: Duration) -> Vec<ConnRow> {
+    let mut rows = Vec::new();
+    for svc in table.services() {
+        for t in svc.persist.templates() {
+            let Some(dest) = svc.dests.iter().find(|d| d.id == t.dest) else { continue };
+            let findable = svc.persist.get(&t.key).is_some_and(|live| live.id == t.id);
+            let (vport, dport) = match (findable, t.key.vport) {
+                (false, _) => (INVALIDATED_PORT, INVALIDATED_PORT),
+                (true, 0) => (0, 0),
+                (true, vport) => (vport, dest.port),
+            };
+            rows.push(ConnRow {
+                proto: t.key.proto,
+                expire_secs: u32::try_from(t.expires.saturating_sub(now).as_secs()).unwrap_or(u32::MAX),
+                state: TEMPLATE_STATE.to_string(),
+                client: SocketAddrV4::new(t.key.client, 0),
+                vip: SocketAddrV4::new(t.key.vaddr, vport),
+                rs: SocketAddrV4::new(dest.addr, dport),
+            });
+        }
+    }
+    rows
 }
 
 // ---------------------------------------------------------------------------------------
