@@ -1,4 +1,5 @@
-//! The command line: `nfvs run`, `nfvs rules`, `nfvs check`.
+//! The command line: `nfvs run`, `nfvs rules`, `nfvs check`, `nfvs adm`; and the one line an
+//! error is printed as.
 
 use std::path::PathBuf;
 
@@ -242,6 +243,26 @@ pub fn adm_control(control: Option<PathBuf>, args: Vec<String>) -> Result<(Optio
     Ok((found, rest))
 }
 
+/// The one line `nfvs` prints for an error: it and its causes joined with ": ", as `{:#}`
+/// joins them, except that a cause whose text the line already holds is not repeated. Errors
+/// that write their source into their own message and also return it as `source()` would
+/// otherwise show it twice ("bind NFQUEUE 0: Operation not permitted (os error 1) (...):
+/// Operation not permitted (os error 1)").
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +328,22 @@ mod tests {
             let Command::Adm { control, args } = Cli::try_parse_from(argv).unwrap().command else { panic!("not adm") };
             assert_eq!(adm_control(control, args), want("/s", &["-L", "-n"]), "{argv:?}");
         }
+    }
+
+    /// Issue 10: an OS error is printed once, also where an error type writes its source into
+    /// its own message and returns it as its source too (the second daemon in a namespace
+    /// fails to bind the queue the first holds).
+    #[test]
+    fn error_line_says_each_cause_once() {
+        use crate::kernel::nfqueue::QueueError;
+        let bind = QueueError::Bind { queue: 0, source: std::io::Error::from_raw_os_error(libc::EPERM) };
+        let e = anyhow::Error::from(bind).context("starting");
+        assert_eq!(
+            error_line(&e),
+            "starting: bind NFQUEUE 0: Operation not permitted (os error 1) \
+             (is another program bound to queue 0? choose another with --queue)"
+        );
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOENT)).context("control socket /x");
+        assert_eq!(error_line(&e), "control socket /x: No such file or directory (os error 2)");
     }
 }

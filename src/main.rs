@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nfvs: error: {e:#}");
+            eprintln!("nfvs: error: {}", cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

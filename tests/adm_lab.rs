@@ -909,3 +909,48 @@ fn connection_listing_shows_persistence_templates() {
     assert!(["05:00", "04:59", "04:58", "04:57", "04:56", "04:55"].contains(&expire.as_str()), "{listing}");
     assert_eq!(rows.iter().filter(|r| r.2 == "TIME_WAIT").count(), 2, "{listing}");
 }
+
+/// Issue 10: a rules file that cannot be read, and a second daemon in a namespace that has
+/// one, are reported in one line that says the OS's reason once.
+#[test]
+fn startup_errors_say_the_reason_once() {
+    require_root();
+    let stderr_of = |out: Output| {
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = "/nonexistent/nfvs-issue10.rules";
+    let want = format!("nfvs: error: cannot read rules file {missing}: No such file or directory (os error 2)\n");
+    for cmd in ["check", "run"] {
+        assert_eq!(stderr_of(run_plain(&nfvs_bin(), &[cmd, "--rules", missing])), want, "nfvs {cmd}");
+    }
+    let latin1 = tmp_dir().join(format!("issue10-{}-latin1.rules", std::process::id()));
+    fs::write(&latin1, b"-A -t 10.0.0.1:80 -s rr\n# caf\xe9\n").unwrap();
+    let got = stderr_of(run_plain(&nfvs_bin(), &["check", "--rules", latin1.to_str().unwrap()]));
+    let _ = fs::remove_file(&latin1);
+    assert_eq!(got, format!("nfvs: error: {}:2: not UTF-8 text\n", latin1.display()));
+
+    let ns = NetNs::new();
+    let sock = tmp_dir().join(format!("{}-control.sock", ns.name()));
+    let sock = sock.to_str().unwrap();
+    let _first = ns.daemon(nfvs_bin()).args(["run", "--control", sock]).start().unwrap();
+    let second = |extra: &[&str]| {
+        let out = ns.command(nfvs_bin()).args(["run", "--control", sock]).args(extra).stdin(Stdio::null()).output();
+        stderr_of(out.unwrap())
+    };
+    // On the first daemon's queue: the kernel refuses the bind.
+    let same_queue = second(&[]);
+    assert_eq!(same_queue.lines().count(), 1, "{same_queue}");
+    assert_eq!(same_queue.matches("Operation not permitted (os error 1)").count(), 1, "{same_queue}");
+    // On another queue: the control socket answers.
+    let other_queue = second(&["--queue", "7"]);
+    assert_eq!(
+        other_queue,
+        format!(
+            "nfvs: error: control socket {sock}: another nfvs daemon is listening on it (one director per network namespace)\n"
+        )
+    );
+    // The first daemon still answers.
+    let out = ns.command(nfvs_bin()).args(["adm", "--control", sock, "-S"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -150,7 +150,8 @@ impl Server {
             if UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    format!("another nfvs daemon is listening on {} (one director per network namespace)", path.display()),
+                    // The caller names the path (daemon.rs: "control socket PATH: ...").
+                    "another nfvs daemon is listening on it (one director per network namespace)",
                 ));
             }
             fs::remove_file(path)?;

@@ -12,7 +12,9 @@ use super::command::{edit_hint, edit_message, Command};
 /// Why a rules file was refused: where, and what.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read rules file {path}: {source}")]
+    /// The OS error is the source, not part of the message: error chains (`{:#}`) print
+    /// each link once.
+    #[error("cannot read rules file {path}")]
     Read { path: String, source: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Line { path: String, line: usize, message: String },
@@ -49,7 +51,12 @@ pub fn load_rules(path: &Path) -> Result<Table, ConfigError> {
 /// [`load_rules`] with director-wide scheduler settings (see [`Table::with_defaults`]).
 pub fn load_rules_with(path: &Path, defaults: SchedOptions) -> Result<Table, ConfigError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let text = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = text.iter().filter(|&&b| b == b'\n').count() + 1;
+        ConfigError::Line { path: p.clone(), line, message: "not UTF-8 text".into() }
+    })?;
     parse_rules_with(&text, &p, defaults)
 }
 
@@ -229,5 +236,22 @@ mod tests {
         let o = t.services()[0].spec.sched_opts;
         assert_eq!((o.overhead, o.seed), (crate::sched::Overhead::Total, 7));
         assert!(o.flags.flag2, "the service's own -b flags are kept");
+    }
+
+    /// Issue 10: why a file cannot be read is said once, also when the error is printed as a
+    /// chain (`{:#}`: main's error line, the SIGHUP log); a file that is not UTF-8 names the
+    /// line where it stops being text.
+    #[test]
+    fn unreadable_files_say_why_once() {
+        let chain = |path: &Path| format!("{:#}", anyhow::Error::from(load_rules(path).unwrap_err()));
+        assert_eq!(
+            chain(Path::new("/nonexistent/nfvs.rules")),
+            "cannot read rules file /nonexistent/nfvs.rules: No such file or directory (os error 2)"
+        );
+        let path = std::env::temp_dir().join(format!("nfvs-{}-latin1.rules", std::process::id()));
+        std::fs::write(&path, b"-A -t 1.2.3.4:80 -s rr\n# caf\xe9\n").unwrap();
+        let got = chain(&path);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(got, format!("{}:2: not UTF-8 text", path.display()));
     }
 }
