@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use nfvs::cli::{self, Cli, Command};
 use nfvs::adm::command::{Command as AdmCommand, UsageError};
 use nfvs::adm::etc_services::PortNames;
-use nfvs::adm::{args, control, listing, rules, usage};
+use nfvs::adm::{addresses, args, control, listing, rules, usage};
+use nfvs::cli::{self, Cli, Command};
 use nfvs::daemon;
+use nfvs::sched::SchedOptions;
+use nfvs::service::Table;
 
 fn main() -> ExitCode {
     let mut argv = std::env::args();
@@ -68,14 +70,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { table } => {
-            let t = rules::load_rules(&table.rules)?;
+            let t = read_rules(&table.rules)?;
             let rs = daemon::ruleset_for(&t, &table.net.masquerade, table.net.queue, table.net.queues, table.net.overload.into(), table.net.ct_mark);
             rs.validate()?;
             print!("{}", rs.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { rules } => {
-            let t = rules::load_rules(&rules)?;
+            let t = read_rules(&rules)?;
             let rs = daemon::ruleset_for(&t, &[], 0, 1, daemon::Overload::Drop, daemon::DEFAULT_CT_MARK);
             rs.validate()?;
             print!("{}", listing::save(&t, true, &PortNames::none()));
@@ -83,6 +85,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Adm { control, args } => Ok(adm("nfvs adm", control, args)),
     }
+}
+
+/// A rules file for `nfvs check` and `nfvs rules`, its warnings printed on stderr.
+fn read_rules(path: &Path) -> anyhow::Result<Table> {
+    let r = rules::read_rules(path, SchedOptions::default())?;
+    for w in &r.warnings {
+        eprintln!("nfvs: warning: {w}");
+    }
+    Ok(r.table)
 }
 
 /// `nfvs adm ARGS` / `ipvsadm ARGS` (`program` says which): help, version and usage errors are
@@ -123,11 +134,21 @@ fn adm(program: &str, control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
             return exit(255);
         }
     }
+    // What IPVS would take but cannot work is said once the daemon has taken it.
+    let warnings = match &cmd {
+        AdmCommand::Restore => addresses::restore_warnings(&stdin, "stdin"),
+        edit => addresses::warnings(edit),
+    };
     let path = control.unwrap_or_else(control::default_path);
     match control::call(&path, &control::Request { args, stdin }) {
         Ok(r) => {
             let _ = std::io::stdout().write_all(r.stdout.as_bytes());
             let _ = std::io::stderr().write_all(r.stderr.as_bytes());
+            if r.code == 0 {
+                for w in &warnings {
+                    eprintln!("nfvs: warning: {w}");
+                }
+            }
             exit(r.code)
         }
         Err(e) => {

@@ -954,3 +954,66 @@ fn startup_errors_say_the_reason_once() {
     let out = ns.command(nfvs_bin()).args(["adm", "--control", sock, "-S"]).stdin(Stdio::null()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 10: addresses that cannot work. A real server IPVS refuses (not unicast) is refused
+/// with ipvsadm's message for the kernel's EINVAL; what IPVS takes (a VIP of 0.0.0.0, a real
+/// server on 127.0.0.0/8 or on the VIP) is taken with a warning saying why: by `nfvs check`
+/// (FILE:LINE), in the daemon's log, and by `nfvs adm` once the daemon has taken it.
+#[test]
+fn addresses_that_cannot_work_are_refused_or_warned_about() {
+    require_root();
+    let prefix = tmp_dir().join(format!("issue10-{}", std::process::id()));
+    let file = prefix.with_extension("rules");
+    let text = "-A -t 0.0.0.0:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n\
+                -a -t 10.0.0.1:80 -r 127.0.0.1:80 -m\n-a -t 10.0.0.1:80 -r 10.0.0.1:8080 -m\n";
+    fs::write(&file, text).unwrap();
+    let path = file.to_str().unwrap();
+    let out = run_plain(&nfvs_bin(), &["check", "--rules", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, want) in lines.iter().zip([
+        format!("nfvs: warning: {path}:1: virtual service -t 0.0.0.0:80: 0.0.0.0 is no address a client connects to"),
+        format!("nfvs: warning: {path}:3: real server 127.0.0.1:80 of -t 10.0.0.1:80 is a loopback address"),
+        format!("nfvs: warning: {path}:4: real server 10.0.0.1:8080 of -t 10.0.0.1:80 is the virtual address itself"),
+    ]) {
+        assert!(line.starts_with(&want), "{line:?} does not start with {want:?}");
+    }
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+
+    let bad = prefix.with_extension("bad.rules");
+    fs::write(&bad, "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 0.0.0.0:80 -m\n").unwrap();
+    let out = run_plain(&nfvs_bin(), &["check", "--rules", bad.to_str().unwrap()]);
+    let _ = fs::remove_file(&bad);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "nfvs: error: {}:2: Invalid operation.  Possibly wrong module version, address not unicast, ... \
+             (0.0.0.0: a real server needs a unicast address (IPVS refuses it too))\n",
+            bad.display()
+        )
+    );
+
+    let ns = NetNs::new();
+    let sock = prefix.with_extension("sock");
+    let sock = sock.to_str().unwrap();
+    let d = ns.daemon(nfvs_bin()).args(["run", "--rules", path, "--control", sock]).start().unwrap();
+    let _ = fs::remove_file(&file);
+    assert!(d.log().contains(&format!("{path}:3: real server 127.0.0.1:80 of -t 10.0.0.1:80 is a loopback")), "{}", d.log());
+    let adm = |args: &[&str]| ns.command(nfvs_bin()).args(["adm", "--control", sock]).args(args).stdin(Stdio::null()).output().unwrap();
+    let saved = String::from_utf8_lossy(&adm(&["-S", "-n"]).stdout).into_owned();
+    let out = adm(&["-a", "-t", "10.0.0.1:80", "-r", "255.255.255.255:80", "-m"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines[0], "Invalid operation.  Possibly wrong module version, address not unicast, ...");
+    assert!(lines[1].starts_with("  nfvs: 255.255.255.255: a real server needs a unicast address"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&adm(&["-S", "-n"]).stdout), saved);
+    let out = adm(&["-e", "-t", "10.0.0.1:80", "-r", "127.0.0.1:80", "-m", "-w", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(stderr.starts_with("nfvs: warning: real server 127.0.0.1:80 of -t 10.0.0.1:80 is a loopback") && stderr.lines().count() == 1, "{stderr}");
+    let saved = String::from_utf8_lossy(&adm(&["-S", "-n"]).stdout).into_owned();
+    assert!(saved.contains("-a -t 10.0.0.1:80 -r 127.0.0.1:80 -m -w 2\n"), "{saved}");
+}

@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use crate::sched::{SchedFlags, SchedOptions};
 use crate::service::{DestSpec, EditError, Protocol, ServiceKey, ServiceSpec};
 
+use super::addresses;
 use super::args::{Cmd, Opt, RawArgs};
 use super::etc_services::PortNames;
 
@@ -338,7 +339,12 @@ impl RawArgs {
             None => 0,
             Some(y) => number(y, 0, i32::MAX as u32).ok_or_else(|| UsageError::new("illegal l_threshold specified"))?,
         };
-        Ok(DestSpec { addr, port, weight, u_threshold, l_threshold })
+        let spec = DestSpec { addr, port, weight, u_threshold, l_threshold };
+        if cmd == Cmd::AddDest {
+            // The kernel's own check (ip_vs_new_dest), after everything ipvsadm checks itself.
+            addresses::check_new_dest(&spec)?;
+        }
+        Ok(spec)
     }
 }
 

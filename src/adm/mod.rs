@@ -4,6 +4,7 @@
 //! - [`args`]: stage one, words -> [`args::RawArgs`], as ipvsadm's popt table parses them;
 //! - [`command`]: stage two, [`command::Command`] checked against ipvsadm's legality table
 //!   and value ranges, with ipvsadm's messages and exit statuses;
+//! - [`addresses`]: addresses that cannot work, refused or warned about as IPVS takes them;
 //! - [`rules`]: rules files, applying table edits, the difference a SIGHUP reload applies;
 //! - [`etc_services`]: port names from `/etc/services`, both ways;
 //! - [`listing`]: `-L`, `-S`, `-L -c`, `--timeout`, byte for byte;
@@ -13,6 +14,7 @@
 //! Everything here is pure (words and tables in, commands and text out) except [`control`]'s
 //! socket and the reading of files named by the caller.
 
+pub mod addresses;
 pub mod args;
 pub mod command;
 pub mod control;

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::sched::SchedOptions;
 use crate::service::{DestSpec, EditError, Table};
 
+use super::addresses;
 use super::args::parse_line;
 use super::command::{edit_hint, edit_message, Command};
 
@@ -40,6 +41,14 @@ pub fn apply(table: &mut Table, cmd: &Command) -> Result<(), EditError> {
     }
 }
 
+/// A rules file read: the table it builds, and what it sets up that IPVS takes but that
+/// cannot work ([`addresses::warnings`]), each as `FILE:LINE: what`.
+#[derive(Debug)]
+pub struct Rules {
+    pub table: Table,
+    pub warnings: Vec<String>,
+}
+
 /// Reads a rules file: one ipvsadm command per line in `ipvsadm -S -n` form (a leading
 /// `ipvsadm` word is allowed; blank lines and `#` comments are skipped). Only table edits
 /// (-A -E -D -C -a -e -d) are allowed. The file is applied to an empty table in order; the
@@ -48,8 +57,19 @@ pub fn load_rules(path: &Path) -> Result<Table, ConfigError> {
     load_rules_with(path, SchedOptions::default())
 }
 
-/// [`load_rules`] with director-wide scheduler settings (see [`Table::with_defaults`]).
+/// [`load_rules`] with director-wide scheduler settings (see [`Table::with_defaults`]). Its
+/// warnings go to the log: this is how the daemon reads its file, at start-up and on SIGHUP.
+/// [`read_rules`] returns them instead.
 pub fn load_rules_with(path: &Path, defaults: SchedOptions) -> Result<Table, ConfigError> {
+    let rules = read_rules(path, defaults)?;
+    for w in &rules.warnings {
+        log::warn!("{w}");
+    }
+    Ok(rules.table)
+}
+
+/// [`load_rules_with`], the warnings returned with the table.
+pub fn read_rules(path: &Path, defaults: SchedOptions) -> Result<Rules, ConfigError> {
     let p = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -57,7 +77,7 @@ pub fn load_rules_with(path: &Path, defaults: SchedOptions) -> Result<Table, Con
         let line = text.iter().filter(|&&b| b == b'\n').count() + 1;
         ConfigError::Line { path: p.clone(), line, message: "not UTF-8 text".into() }
     })?;
-    parse_rules_with(&text, &p, defaults)
+    parse_rules_text(&text, &p, defaults)
 }
 
 /// [`load_rules`] on text already read; `path` only names the source in errors.
@@ -67,7 +87,13 @@ pub fn parse_rules(text: &str, path: &str) -> Result<Table, ConfigError> {
 
 /// [`parse_rules`] with director-wide scheduler settings.
 pub fn parse_rules_with(text: &str, path: &str, defaults: SchedOptions) -> Result<Table, ConfigError> {
+    Ok(parse_rules_text(text, path, defaults)?.table)
+}
+
+/// [`parse_rules_with`], the warnings returned with the table.
+pub fn parse_rules_text(text: &str, path: &str, defaults: SchedOptions) -> Result<Rules, ConfigError> {
     let mut table = Table::with_defaults(defaults);
+    let mut warnings = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let err = |message: String| ConfigError::Line { path: path.to_string(), line: n + 1, message };
         let trimmed = line.trim();
@@ -87,11 +113,12 @@ pub fn parse_rules_with(text: &str, path: &str, defaults: SchedOptions) -> Resul
             }
             err(m)
         })?;
+        warnings.extend(addresses::warnings(&cmd).into_iter().map(|w| format!("{path}:{}: {w}", n + 1)));
     }
     if table.services().is_empty() {
         return Err(ConfigError::Empty { path: path.to_string() });
     }
-    Ok(table)
+    Ok(Rules { table, warnings })
 }
 
 /// The table edits that turn `old` into `new` (for SIGHUP reload): only what differs, so
@@ -253,5 +280,25 @@ mod tests {
         let got = chain(&path);
         let _ = std::fs::remove_file(&path);
         assert_eq!(got, format!("{}:2: not UTF-8 text", path.display()));
+    }
+
+    /// Issue 10: addresses that cannot work are refused in a rules file's `FILE:LINE: what`
+    /// form where IPVS refuses them, and warned about, line named, where IPVS takes them.
+    #[test]
+    fn addresses_that_cannot_work_name_the_line() {
+        let svc = "-A -t 10.0.0.1:80 -s rr\n";
+        assert_eq!(
+            err_of(&format!("{svc}-a -t 10.0.0.1:80 -r 0.0.0.0:80 -m\n")),
+            "t.rules:2: Invalid operation.  Possibly wrong module version, address not unicast, ... \
+             (0.0.0.0: a real server needs a unicast address (IPVS refuses it too))"
+        );
+        let text = format!("{svc}# loopback next\n-a -t 10.0.0.1:80 -r 127.0.0.1:80 -m\n-A -t 0.0.0.0:80 -s rr\n");
+        let rules = parse_rules_text(&text, "t.rules", SchedOptions::default()).unwrap();
+        assert_eq!(rules.table.services().len(), 2);
+        let w = &rules.warnings;
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("t.rules:3: real server 127.0.0.1:80 of -t 10.0.0.1:80 is a loopback address"), "{w:?}");
+        assert!(w[1].starts_with("t.rules:4: virtual service -t 0.0.0.0:80: 0.0.0.0 is no address"), "{w:?}");
+        assert!(parse_rules_text(LAB, "t.rules", SchedOptions::default()).unwrap().warnings.is_empty());
     }
 }
