@@ -128,31 +128,12 @@ fn start_empty(lab: &Lab, extra: &[&str]) -> Daemon {
     lab.daemon(nfvs_bin()).args(["run", "--masquerade", RS_NET]).args(extra.iter().copied()).start().unwrap()
 }
 
-/// The real server that answered, from nginx's "hello, i am from <ip>".
-fn rs_of(body: &str) -> String {
-    body.trim().strip_prefix("hello, i am from ").unwrap_or_else(|| panic!("unexpected answer {body:?}")).to_string()
-}
-
 fn curl_rs(lab: &Lab) -> String {
     rs_of(&lab.client_curl_vip().unwrap())
 }
 
-
-fn wait_started(out: &Path) {
-    assert!(
-        wait_until(Duration::from_secs(10), || fs::metadata(out).is_ok_and(|m| m.len() > 500_000)),
-        "the download did not start"
-    );
-}
-
 fn conn_lines(d: &Daemon) -> Vec<String> {
     d.log_lines("conn client=")
-}
-
-/// The real server of a decision line `... conn client=C vip=V sched=S rs=IP:PORT ...`.
-fn rs_of_log(line: &str) -> Option<&str> {
-    let rest = line.split(" rs=").nth(1)?;
-    rest.split_whitespace().next()?.strip_suffix(":80")
 }
 
 /// nfvs's ESTABLISHED conntrack entries whose reply comes from `rs` (the running connections
@@ -312,9 +293,9 @@ enum Event {
 
 fn events(log: &str) -> Vec<Event> {
     log.lines()
-        .map(|l| match (l.contains("conn client="), rs_of_log(l)) {
-            (true, Some(rs)) => Event::Conn(rs.to_string()),
-            _ => Event::Other(l.to_string()),
+        .map(|l| match parse_decision(l).and_then(|d| d.rs) {
+            Some(rs) => Event::Conn(rs.to_string()),
+            None => Event::Other(l.to_string()),
         })
         .collect()
 }
@@ -377,7 +358,7 @@ fn edits_during_traffic() {
 
     // The download is the first connection: wrr sends it to .131 (the server added last).
     let mut download = lab.start_download(&out, "2M");
-    wait_started(&out);
+    wait_download_started(&out);
     let curls = start_curl_loop(&lab, &stop);
     let phase = Duration::from_millis(1200);
     thread::sleep(phase);
@@ -654,7 +635,7 @@ fn restore_connections_listing_and_zero() {
     assert_eq!(rs_of(&lab.client_curl(&format!("http://{VIP}:81/")).unwrap()), RS1.to_string());
     let file = tmp_dir().join(format!("{}-c.bin", lab.prefix()));
     let mut download = lab.start_download(&file, "2M");
-    wait_started(&file);
+    wait_download_started(&file);
 
     let listing = adm.ok(&["-L", "-n", "-c"]);
     let lines: Vec<&str> = listing.lines().collect();
@@ -729,7 +710,7 @@ fn deleted_server_drains_by_default() {
     let adm = Ipvsadm::new(&lab.director());
     let file = tmp_dir().join(format!("{}-drain.bin", lab.prefix()));
     let mut download = lab.start_download(&file, "2M");
-    wait_started(&file);
+    wait_download_started(&file);
     assert_eq!(nfvs_entries_of(&lab, "192.168.226.131").len(), 1, "the download's entry (wrr's first pick)");
     adm.ok(&["-d", "-t", SVC, "-r", "192.168.226.131:80"]);
     assert_eq!(nfvs_entries_of(&lab, "192.168.226.131").len(), 1, "the entry must stay while draining");
@@ -774,7 +755,7 @@ fn expire_nodest_cuts_the_deleted_servers_connections() {
     let adm = Ipvsadm::new(&lab.director());
     let file = tmp_dir().join(format!("{}-expire.bin", lab.prefix()));
     let mut download = lab.start_download(&file, "2M");
-    wait_started(&file);
+    wait_download_started(&file);
     assert_eq!(nfvs_entries_of(&lab, "192.168.226.131").len(), 1, "the download's entry");
     // `ip netns exec` execs curl: the child's PID is curl's.
     let pid = i32::try_from(download.id()).unwrap();
