@@ -807,6 +807,11 @@ fn run_plain(program: &Path, args: &[&str]) -> Output {
     Command::new(program).args(args).stdin(Stdio::null()).output().unwrap()
 }
 
+/// `nfvs ARGS` in `ns`, standard input closed.
+fn nfvs_in(ns: &NetNs, args: &[&str]) -> Output {
+    ns.command(nfvs_bin()).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
 /// Issue 10: `nfvs adm -h` and `nfvs adm --help` print ipvsadm's help, the option list the
 /// `ipvsadm` symlink's `-h` prints (its usage lines name `nfvs adm`), not clap's help of the
 /// subcommand; so the "unknown option" hint, which sends the user to `nfvs adm --help`, leads
@@ -851,7 +856,7 @@ fn adm_takes_control_anywhere() {
     let sock_arg = sock.to_str().unwrap();
     let _d = ns.daemon(nfvs_bin()).args(["run", "--control", sock_arg]).start().unwrap();
     let adm = |args: &[&str]| {
-        let out = ns.command(nfvs_bin()).arg("adm").args(args).stdin(Stdio::null()).output().unwrap();
+        let out = nfvs_in(&ns, &[&["adm"], args].concat());
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success() && stderr.is_empty(), "nfvs adm {}: {stderr}", args.join(" "));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -915,10 +920,7 @@ fn startup_errors_say_the_reason_once() {
     let sock = tmp_dir().join(format!("{}-control.sock", ns.name()));
     let sock = sock.to_str().unwrap();
     let _first = ns.daemon(nfvs_bin()).args(["run", "--control", sock]).start().unwrap();
-    let second = |extra: &[&str]| {
-        let out = ns.command(nfvs_bin()).args(["run", "--control", sock]).args(extra).stdin(Stdio::null()).output();
-        stderr_of(out.unwrap())
-    };
+    let second = |extra: &[&str]| stderr_of(nfvs_in(&ns, &[&["run", "--control", sock], extra].concat()));
     // On the first daemon's queue: the kernel refuses the bind.
     let same_queue = second(&[]);
     assert_eq!(same_queue.lines().count(), 1, "{same_queue}");
@@ -932,7 +934,7 @@ fn startup_errors_say_the_reason_once() {
         )
     );
     // The first daemon still answers.
-    let out = ns.command(nfvs_bin()).args(["adm", "--control", sock, "-S"]).stdin(Stdio::null()).output().unwrap();
+    let out = nfvs_in(&ns, &["adm", "--control", sock, "-S"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -982,7 +984,7 @@ fn addresses_that_cannot_work_are_refused_or_warned_about() {
     let d = ns.daemon(nfvs_bin()).args(["run", "--rules", path, "--control", sock]).start().unwrap();
     let _ = fs::remove_file(&file);
     assert!(d.log().contains(&format!("{path}:3: real server 127.0.0.1:80 of -t 10.0.0.1:80 is a loopback")), "{}", d.log());
-    let adm = |args: &[&str]| ns.command(nfvs_bin()).args(["adm", "--control", sock]).args(args).stdin(Stdio::null()).output().unwrap();
+    let adm = |args: &[&str]| nfvs_in(&ns, &[&["adm", "--control", sock], args].concat());
     let saved = String::from_utf8_lossy(&adm(&["-S", "-n"]).stdout).into_owned();
     let out = adm(&["-a", "-t", "10.0.0.1:80", "-r", "255.255.255.255:80", "-m"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -23,6 +23,8 @@ const NOT_NFVS: &str = "(not supported by nfvs)";
 /// `-h`: ipvsadm 1.31's help (`usage_exit`) with the same commands and options in the same
 /// layout; what nfvs refuses is marked rather than left out, so a reader who knows ipvsadm
 /// sees at once what is missing. `program` is the name to show (`ipvsadm`, `nfvs adm`).
+// Long (about 100 lines) because it is the help text itself, kept in ipvsadm's order so that it
+// can be read against `usage_exit` line by line.
 pub fn usage(program: &str) -> String {
     let p = program;
     let scheds = crate::sched::NAMES.join("|");
