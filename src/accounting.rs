@@ -236,23 +236,27 @@ impl Conns {
         for e in entries {
             let Some(c) = self.map.get_mut(&e.orig) else { continue };
             // A dump taken before the tuple's latest connection replaced an older one would
-            // show the older entry: sample only a connection whose own entry it must be (the
-            // older one's delete and the newer one's create go out right after the newer one
-            // is tracked, and the older one's DESTROY is applied within a millisecond or so:
-            // a dump started `SETTLED` later can only show the newer one).
-            let young = (settled.wrapping_sub(c.born_ms) as i32) < 0;
-            if c.pending > 0 || young || (c.id.is_some() && c.id != nz(e.id)) {
+            // show the older entry: sample only a connection whose own entry it may be.
+            if c.pending > 0 || (c.id.is_some() && c.id != nz(e.id)) {
                 continue;
-            }
-            if c.id.is_none() {
-                c.id = nz(e.id);
             }
             let now = traffic(e);
             let d = since(&now, &c.sampled);
             c.sampled = now.into();
-            if c.active && e.orig.proto == Protocol::Tcp && !is_active(e.tcp_state) {
-                c.active = false;
-                move_state(table, c);
+            // Its state, and its id, only once it must be its own entry: the older one's
+            // delete and the newer one's create go out right after the newer one is tracked,
+            // and the older one's DESTROY is applied within a millisecond or so, so a dump
+            // started `SETTLED` later can only show the newer one. (Traffic is taken at once,
+            // for listings right after a connection; a mix-up there costs a few packets.)
+            let settled_conn = (settled.wrapping_sub(c.born_ms) as i32) >= 0;
+            if settled_conn {
+                if c.id.is_none() {
+                    c.id = nz(e.id);
+                }
+                if c.active && e.orig.proto == Protocol::Tcp && !is_active(e.tcp_state) {
+                    c.active = false;
+                    move_state(table, c);
+                }
             }
             if d != Counters::default() {
                 out.push(Delta { svc: c.svc, dest: c.dest, counters: d });
@@ -366,7 +370,7 @@ fn move_state(table: &mut Table, c: &Conn) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_rules;
+    use crate::adm::rules::parse_rules;
     use std::net::Ipv4Addr;
     use crate::model::CtCounters;
 

@@ -1,9 +1,11 @@
-//! The command line: `nfvs run`, `nfvs rules`, `nfvs check`.
+//! The command line: `nfvs run`, `nfvs rules`, `nfvs check`, `nfvs adm`; and the one line an
+//! error is printed as.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::adm::command::UsageError;
 use crate::ruleset::Cidr;
 
 #[derive(Debug, Parser)]
@@ -139,8 +141,11 @@ pub enum Command {
     /// Output and exit status are ipvsadm's. A symlink named `ipvsadm` to the nfvs binary
     /// behaves as `nfvs adm`, so existing scripts run unchanged. `nfvs adm -h` lists every
     /// command and option.
+    // `-h`/`--help` are ipvsadm's words here (its help), not clap's: `nfvs help adm` prints this.
+    #[command(disable_help_flag = true)]
     Adm {
-        /// The daemon's control socket [default: the one of this network namespace].
+        /// The daemon's control socket [default: the one of this network namespace]; may
+        /// also come after the ipvsadm arguments.
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
         /// ipvsadm arguments.
@@ -214,6 +219,50 @@ fn parse_u32(s: &str) -> Result<u32, String> {
     r.map_err(|_| format!("'{s}' is not a 32-bit number (decimal or 0x-hex)"))
 }
 
+/// `nfvs adm`'s own option among the ipvsadm words: `--control PATH` or `--control=PATH` may
+/// come anywhere, but clap only finds it before the first ipvsadm word (the rest is
+/// `trailing_var_arg`). Returns the socket path, from clap (`control`) or from `args`, and the
+/// ipvsadm words without it; the errors are worded as ipvsadm words its own.
+pub fn adm_control(control: Option<PathBuf>, args: Vec<String>) -> Result<(Option<PathBuf>, Vec<String>), UsageError> {
+    let mut found = control;
+    let mut rest = Vec::with_capacity(args.len());
+    let mut words = args.into_iter();
+    while let Some(w) = words.next() {
+        let path = if w == "--control" {
+            words.next().ok_or_else(|| UsageError::unparseable("--control: missing argument"))?
+        } else if let Some(p) = w.strip_prefix("--control=") {
+            p.to_string()
+        } else {
+            rest.push(w);
+            continue;
+        };
+        if found.replace(PathBuf::from(path)).is_some() {
+            return Err(UsageError::new("multiple 'control' options specified"));
+        }
+    }
+    Ok((found, rest))
+}
+
+/// The one line `nfvs` prints for an error: it and its causes joined with ": ", as `{:#}`
+/// joins them, except that a cause whose text the line already holds is not repeated. Errors
+/// that write their source into their own message and also return it as `source()` would
+/// otherwise show it twice ("bind NFQUEUE 0: Operation not permitted (os error 1) (...):
+/// Operation not permitted (os error 1)").
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +288,62 @@ mod tests {
         assert_eq!(usize::from(table.net.queues), online_cpus().min(64));
         let e = Cli::try_parse_from(["nfvs", "rules", "--rules", "x.rules", "--queues", "0"]).unwrap_err();
         assert!(e.to_string().contains("give 1 to 64, or `auto`"), "{e}");
+    }
+
+    /// `nfvs adm -h` is ipvsadm's `-h` (the README promises ipvsadm's option list), not clap's
+    /// help of `nfvs adm` itself; `nfvs help adm` still describes the subcommand.
+    #[test]
+    fn adm_leaves_help_to_ipvsadm() {
+        use clap::{CommandFactory, Parser};
+        for h in ["-h", "--help"] {
+            let cli = Cli::try_parse_from(["nfvs", "adm", h]).unwrap_or_else(|e| panic!("nfvs adm {h}: {e}"));
+            let Command::Adm { args, .. } = cli.command else { panic!("not adm") };
+            assert_eq!(args, [h]);
+        }
+        let mut cmd = Cli::command();
+        let help = cmd.find_subcommand_mut("adm").unwrap().render_long_help().to_string();
+        assert!(help.contains("--control <PATH>") && help.contains("`nfvs adm -h`"), "{help}");
+        let top = Cli::command().render_long_help().to_string();
+        assert!(top.contains("adm") && top.contains("ipvsadm's language"), "{top}");
+    }
+
+    /// `--control` may come anywhere among `nfvs adm`'s words, as `--control PATH` or
+    /// `--control=PATH`; clap sees it only before the first ipvsadm word.
+    #[test]
+    fn adm_control_anywhere() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let split = |clap: Option<&str>, w: &[&str]| adm_control(clap.map(PathBuf::from), words(w));
+        let want = |p: &str, w: &[&str]| Ok((Some(PathBuf::from(p)), words(w)));
+        assert_eq!(split(None, &["-L", "-n", "--control", "/s"]), want("/s", &["-L", "-n"]));
+        assert_eq!(split(None, &["-L", "--control=/s", "-n"]), want("/s", &["-L", "-n"]));
+        assert_eq!(split(Some("/s"), &["-S", "-n"]), want("/s", &["-S", "-n"]));
+        assert_eq!(split(None, &["-S"]), Ok((None, words(&["-S"]))));
+        let e = split(None, &["-L", "--control"]).unwrap_err();
+        assert_eq!((e.message.as_str(), e.exit_code), ("--control: missing argument", 255));
+        let e = split(Some("/a"), &["-L", "--control", "/b"]).unwrap_err();
+        assert_eq!((e.message.as_str(), e.exit_code), ("multiple 'control' options specified", 2));
+        // Through clap, before and after the ipvsadm words.
+        use clap::Parser;
+        for argv in [["nfvs", "adm", "--control", "/s", "-L", "-n"], ["nfvs", "adm", "-L", "-n", "--control", "/s"]] {
+            let Command::Adm { control, args } = Cli::try_parse_from(argv).unwrap().command else { panic!("not adm") };
+            assert_eq!(adm_control(control, args), want("/s", &["-L", "-n"]), "{argv:?}");
+        }
+    }
+
+    /// Issue 10: an OS error is printed once, also where an error type writes its source into
+    /// its own message and returns it as its source too (the second daemon in a namespace
+    /// fails to bind the queue the first holds).
+    #[test]
+    fn error_line_says_each_cause_once() {
+        use crate::kernel::nfqueue::QueueError;
+        let bind = QueueError::Bind { queue: 0, source: std::io::Error::from_raw_os_error(libc::EPERM) };
+        let e = anyhow::Error::from(bind).context("starting");
+        assert_eq!(
+            error_line(&e),
+            "starting: bind NFQUEUE 0: Operation not permitted (os error 1) \
+             (is another program bound to queue 0? choose another with --queue)"
+        );
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOENT)).context("control socket /x");
+        assert_eq!(error_line(&e), "control socket /x: No such file or directory (os error 2)");
     }
 }

@@ -13,14 +13,12 @@
 //! engine's effects out there, never holding the engine's lock while they do.
 
 pub mod accounting;
+pub mod adm;
 pub mod cli;
-pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod kernel;
-pub mod listing;
 pub mod logging;
 pub mod model;
 pub mod packet;

@@ -7,22 +7,26 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use nfvs::cli::{Cli, Command};
-use nfvs::config::{self, Command as AdmCommand};
-use nfvs::{control, daemon, listing};
+use nfvs::adm::command::{Command as AdmCommand, UsageError};
+use nfvs::adm::etc_services::PortNames;
+use nfvs::adm::{addresses, args, control, listing, rules, usage};
+use nfvs::cli::{self, Cli, Command};
+use nfvs::daemon;
+use nfvs::sched::SchedOptions;
+use nfvs::service::Table;
 
 fn main() -> ExitCode {
     let mut argv = std::env::args();
     let argv0 = argv.next().unwrap_or_default();
     if Path::new(&argv0).file_name().is_some_and(|n| n == "ipvsadm") {
-        return adm(None, argv.collect());
+        return adm("ipvsadm", None, argv.collect());
     }
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,mnl=info")).init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nfvs: error: {e:#}");
+            eprintln!("nfvs: error: {}", cli::error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -66,44 +70,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { table } => {
-            let t = config::load_rules(&table.rules)?;
+            let t = read_rules(&table.rules)?;
             let rs = nfvs::ruleset::for_table(&t, &table.net.masquerade, table.net.queue, table.net.queues, table.net.overload.into(), table.net.ct_mark);
             rs.validate()?;
             print!("{}", rs.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { rules } => {
-            let t = config::load_rules(&rules)?;
+            let t = read_rules(&rules)?;
             let rs = nfvs::ruleset::for_table(&t, &[], 0, 1, nfvs::ruleset::Overload::Drop, nfvs::ruleset::DEFAULT_CT_MARK);
             rs.validate()?;
-            print!("{}", listing::save(&t, true, &listing::PortNames::none()));
+            print!("{}", listing::save(&t, true, &PortNames::none()));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Adm { control, args } => Ok(adm(control, args)),
+        Command::Adm { control, args } => Ok(adm("nfvs adm", control, args)),
     }
 }
 
-/// `nfvs adm ARGS` / `ipvsadm ARGS`: help, version and usage errors are answered here, as
-/// ipvsadm answers them without the kernel; everything else goes to the daemon.
-fn adm(control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
+/// A rules file for `nfvs check` and `nfvs rules`, its warnings printed on stderr.
+fn read_rules(path: &Path) -> anyhow::Result<Table> {
+    let r = rules::read_rules(path, SchedOptions::default())?;
+    for w in &r.warnings {
+        eprintln!("nfvs: warning: {w}");
+    }
+    Ok(r.table)
+}
+
+/// `nfvs adm ARGS` / `ipvsadm ARGS` (`program` says which): help, version and usage errors are
+/// answered here, as ipvsadm answers them without the kernel; everything else goes to the
+/// daemon.
+fn adm(program: &str, control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
     let exit = |code: i32| ExitCode::from(code.clamp(0, 255) as u8);
-    let cmd = match config::parse_args(&args).and_then(|r| r.validate()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{}", e.message);
-            if let Some(h) = &e.hint {
-                eprintln!("  nfvs: {h}");
-            }
-            return exit(e.exit_code);
+    let usage_error = |e: UsageError| {
+        eprintln!("{}", e.message);
+        if let Some(h) = &e.hint {
+            eprintln!("  nfvs: {h}");
         }
+        exit(e.exit_code)
+    };
+    let (control, args) = match cli::adm_control(control, args) {
+        Ok(split) => split,
+        Err(e) => return usage_error(e),
+    };
+    let cmd = match args::parse_args(&args).and_then(|r| r.validate()) {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
     };
     match cmd {
         AdmCommand::Help => {
-            print!("{}", listing::usage("ipvsadm"));
+            print!("{}", usage::usage(program));
             return ExitCode::SUCCESS;
         }
         AdmCommand::Version => {
-            print!("{}", listing::version());
+            print!("{}", usage::version());
             return ExitCode::SUCCESS;
         }
         _ => {}
@@ -115,11 +134,21 @@ fn adm(control: Option<PathBuf>, args: Vec<String>) -> ExitCode {
             return exit(255);
         }
     }
+    // What IPVS would take but cannot work is said once the daemon has taken it.
+    let warnings = match &cmd {
+        AdmCommand::Restore => addresses::restore_warnings(&stdin, "stdin"),
+        edit => addresses::warnings(edit),
+    };
     let path = control.unwrap_or_else(control::default_path);
     match control::call(&path, &control::Request { args, stdin }) {
         Ok(r) => {
             let _ = std::io::stdout().write_all(r.stdout.as_bytes());
             let _ = std::io::stderr().write_all(r.stderr.as_bytes());
+            if r.code == 0 {
+                for w in &warnings {
+                    eprintln!("nfvs: warning: {w}");
+                }
+            }
             exit(r.code)
         }
         Err(e) => {

@@ -27,7 +27,8 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::service::{Dest, DestId, Protocol, ServiceKey};
+use crate::service::{Dest, DestId, ServiceKey};
+use crate::model::Protocol;
 
 /// The FTP control port: a persistent service on it uses vport 0 in its templates.
 const FTP_PORT: u16 = 21;

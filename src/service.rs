@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use crate::model::Tuple;
-pub use crate::model::Protocol; // TEMP until the adm branch merges: import from model
+use crate::model::Protocol;
 use crate::persist::{Persistence, TemplateId, TemplateKey};
 use crate::sched::{self, Change, Request, SchedOptions, Scheduler};
 

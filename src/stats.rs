@@ -275,7 +275,7 @@ impl StatsSource for StatsTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::Protocol;
+    use crate::model::Protocol;
     use std::net::Ipv4Addr;
 
     fn conns(n: u64) -> Counters {

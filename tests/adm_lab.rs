@@ -128,31 +128,12 @@ fn start_empty(lab: &Lab, extra: &[&str]) -> Daemon {
     lab.daemon(nfvs_bin()).args(["run", "--masquerade", RS_NET]).args(extra.iter().copied()).start().unwrap()
 }
 
-/// The real server that answered, from nginx's "hello, i am from <ip>".
-fn rs_of(body: &str) -> String {
-    body.trim().strip_prefix("hello, i am from ").unwrap_or_else(|| panic!("unexpected answer {body:?}")).to_string()
-}
-
 fn curl_rs(lab: &Lab) -> String {
     rs_of(&lab.client_curl_vip().unwrap())
 }
 
-
-fn wait_started(out: &Path) {
-    assert!(
-        wait_until(Duration::from_secs(10), || fs::metadata(out).is_ok_and(|m| m.len() > 500_000)),
-        "the download did not start"
-    );
-}
-
 fn conn_lines(d: &Daemon) -> Vec<String> {
     d.log_lines("conn client=")
-}
-
-/// The real server of a decision line `... conn client=C vip=V sched=S rs=IP:PORT ...`.
-fn rs_of_log(line: &str) -> Option<&str> {
-    let rest = line.split(" rs=").nth(1)?;
-    rest.split_whitespace().next()?.strip_suffix(":80")
 }
 
 /// nfvs's ESTABLISHED conntrack entries whose reply comes from `rs` (the running connections
@@ -312,9 +293,9 @@ enum Event {
 
 fn events(log: &str) -> Vec<Event> {
     log.lines()
-        .map(|l| match (l.contains("conn client="), rs_of_log(l)) {
-            (true, Some(rs)) => Event::Conn(rs.to_string()),
-            _ => Event::Other(l.to_string()),
+        .map(|l| match parse_decision(l).and_then(|d| d.rs) {
+            Some(rs) => Event::Conn(rs.to_string()),
+            None => Event::Other(l.to_string()),
         })
         .collect()
 }
@@ -377,7 +358,7 @@ fn edits_during_traffic() {
 
     // The download is the first connection: wrr sends it to .131 (the server added last).
     let mut download = lab.start_download(&out, "2M");
-    wait_started(&out);
+    wait_download_started(&out);
     let curls = start_curl_loop(&lab, &stop);
     let phase = Duration::from_millis(1200);
     thread::sleep(phase);
@@ -577,7 +558,7 @@ fn bad_commands_give_ipvsadm_errors_and_change_nothing() {
     assert!(wrong.is_empty(), "answers that are not ipvsadm's:\n{}", wrong.join("\n"));
 }
 
-/// The control socket path nfvs uses by default in namespace `ns` (control.rs:
+/// The control socket path nfvs uses by default in namespace `ns` (adm/control.rs:
 /// `control-netns-<inode>.sock` under /run/nfvs).
 fn default_socket(ns: &str) -> PathBuf {
     let ino = fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();
@@ -657,7 +638,7 @@ fn restore_connections_listing_and_zero() {
     assert_eq!(rs_of(&lab.client_curl(&format!("http://{VIP}:81/")).unwrap()), RS1.to_string());
     let file = tmp_dir().join(format!("{}-c.bin", lab.prefix()));
     let mut download = lab.start_download(&file, "2M");
-    wait_started(&file);
+    wait_download_started(&file);
 
     let listing = adm.ok(&["-L", "-n", "-c"]);
     let lines: Vec<&str> = listing.lines().collect();
@@ -732,7 +713,7 @@ fn deleted_server_drains_by_default() {
     let adm = Ipvsadm::new(&lab.director());
     let file = tmp_dir().join(format!("{}-drain.bin", lab.prefix()));
     let mut download = lab.start_download(&file, "2M");
-    wait_started(&file);
+    wait_download_started(&file);
     assert_eq!(nfvs_entries_of(&lab, "192.168.226.131").len(), 1, "the download's entry (wrr's first pick)");
     adm.ok(&["-d", "-t", SVC, "-r", "192.168.226.131:80"]);
     assert_eq!(nfvs_entries_of(&lab, "192.168.226.131").len(), 1, "the entry must stay while draining");
@@ -777,7 +758,7 @@ fn expire_nodest_cuts_the_deleted_servers_connections() {
     let adm = Ipvsadm::new(&lab.director());
     let file = tmp_dir().join(format!("{}-expire.bin", lab.prefix()));
     let mut download = lab.start_download(&file, "2M");
-    wait_started(&file);
+    wait_download_started(&file);
     assert_eq!(nfvs_entries_of(&lab, "192.168.226.131").len(), 1, "the download's entry");
     // `ip netns exec` execs curl: the child's PID is curl's.
     let pid = i32::try_from(download.id()).unwrap();
@@ -818,4 +799,204 @@ fn expire_nodest_cuts_the_deleted_servers_connections() {
     let exit = d.stop(libc::SIGTERM, Duration::from_secs(20)).unwrap();
     assert!(exit.success(), "{exit}\n{}", d.log());
     assert_eq!(lab.sysctl(Role::Director, "net.netfilter.nf_conntrack_tcp_loose"), loose);
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 10: what a new user meets
+
+/// `PROGRAM ARGS` with standard input closed, outside any namespace: for what the client
+/// answers itself (help, usage errors).
+fn run_plain(program: &Path, args: &[&str]) -> Output {
+    Command::new(program).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// `nfvs ARGS` in `ns`, standard input closed.
+fn nfvs_in(ns: &NetNs, args: &[&str]) -> Output {
+    ns.command(nfvs_bin()).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// Issue 10: `nfvs adm -h` and `nfvs adm --help` print ipvsadm's help, the option list the
+/// `ipvsadm` symlink's `-h` prints (its usage lines name `nfvs adm`), not clap's help of the
+/// subcommand; so the "unknown option" hint, which sends the user to `nfvs adm --help`, leads
+/// to ipvsadm's options. `nfvs help adm` still describes the subcommand itself.
+#[test]
+fn adm_help_is_ipvsadms_help() {
+    let dir = tmp_dir().join(format!("help-{}-bin", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let ipvsadm = dir.join("ipvsadm");
+    symlink(nfvs_bin(), &ipvsadm).unwrap();
+    let out = run_plain(&ipvsadm, &["-h"]);
+    let _ = fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "ipvsadm -h: {}", String::from_utf8_lossy(&out.stderr));
+    let symlink_help = String::from_utf8_lossy(&out.stdout).into_owned();
+    for option in ["--tcp-service|-t", "--masquerading -m", "--persistent-conn", "--sched-flags  -b"] {
+        assert!(symlink_help.contains(option), "{option} is not in ipvsadm -h:\n{symlink_help}");
+    }
+    let want = symlink_help.replace("\n  ipvsadm ", "\n  nfvs adm ");
+    assert_ne!(want, symlink_help, "the usage lines name the program");
+    for h in ["-h", "--help"] {
+        let out = run_plain(&nfvs_bin(), &["adm", h]);
+        assert!(out.status.success() && out.stderr.is_empty(), "nfvs adm {h}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "nfvs adm {h}");
+    }
+    let out = run_plain(&nfvs_bin(), &["adm", "--frobnicate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(stderr.contains("--frobnicate: unknown option") && stderr.contains("`nfvs adm --help`"), "{stderr}");
+    let out = run_plain(&nfvs_bin(), &["help", "adm"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && help.contains("--control <PATH>") && help.contains("`nfvs adm -h`"), "{help}");
+}
+
+/// Issue 10: `--control PATH` (and `--control=PATH`) is `nfvs adm`'s own option wherever it
+/// comes among the ipvsadm arguments, also last, where scripts append it.
+#[test]
+fn adm_takes_control_anywhere() {
+    require_root();
+    let ns = NetNs::new();
+    let sock = tmp_dir().join(format!("{}-control.sock", ns.name()));
+    let sock_arg = sock.to_str().unwrap();
+    let _d = ns.daemon(nfvs_bin()).args(["run", "--control", sock_arg]).start().unwrap();
+    let adm = |args: &[&str]| {
+        let out = nfvs_in(&ns, &[&["adm"], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success() && stderr.is_empty(), "nfvs adm {}: {stderr}", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    adm(&["--control", sock_arg, "-A", "-t", "10.0.0.1:80", "-s", "rr"]);
+    adm(&["-a", "-t", "10.0.0.1:80", "-r", "10.0.1.1:80", "-m", "--control", sock_arg]);
+    let control_eq = format!("--control={sock_arg}");
+    let want = "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.0.1.1:80 -m -w 1\n";
+    assert_eq!(adm(&["-S", &control_eq, "-n"]), want);
+    assert_eq!(adm(&["-S", "-n", "--control", sock_arg]), want);
+}
+
+/// Issue 10: `-L -c` lists persistence templates as IPVS does: state NONE, the client with
+/// port 0, the VIP and service port, the chosen server, the persistence timeout counting down.
+#[test]
+fn connection_listing_shows_persistence_templates() {
+    require_root();
+    let lab = Lab::up();
+    let _d = start_empty(&lab, &[]);
+    let adm = Ipvsadm::new(&lab.director());
+    let persistent = SEED_SAVE.replace(" -s wrr\n", " -s rr -p 300\n");
+    let out = adm.run_stdin(&["-R"], &persistent);
+    assert!(out.status.success(), "-R: {}", String::from_utf8_lossy(&out.stderr));
+    // Both connections go to .131: the second is a template hit.
+    assert_eq!((curl_rs(&lab), curl_rs(&lab)), (RS2.to_string(), RS2.to_string()));
+    let listing = adm.ok(&["-L", "-n", "-c"]);
+    let rows: Vec<_> = listing.lines().skip(2).map(conn_row).collect();
+    let templates: Vec<_> = rows.iter().filter(|r| r.2 == "NONE").collect();
+    assert_eq!(templates.len(), 1, "{listing}");
+    let (proto, expire, _, source, virt, dest) = templates[0];
+    assert_eq!(
+        (proto.as_str(), source.as_str(), virt.as_str(), dest.as_str()),
+        ("TCP", "192.168.199.1:0", SVC, "192.168.226.131:80"),
+        "{listing}"
+    );
+    assert!(["05:00", "04:59", "04:58", "04:57", "04:56", "04:55"].contains(&expire.as_str()), "{listing}");
+    assert_eq!(rows.iter().filter(|r| r.2 == "TIME_WAIT").count(), 2, "{listing}");
+}
+
+/// Issue 10: a rules file that cannot be read, and a second daemon in a namespace that has
+/// one, are reported in one line that says the OS's reason once.
+#[test]
+fn startup_errors_say_the_reason_once() {
+    require_root();
+    let stderr_of = |out: Output| {
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = "/nonexistent/nfvs-issue10.rules";
+    let want = format!("nfvs: error: cannot read rules file {missing}: No such file or directory (os error 2)\n");
+    for cmd in ["check", "run"] {
+        assert_eq!(stderr_of(run_plain(&nfvs_bin(), &[cmd, "--rules", missing])), want, "nfvs {cmd}");
+    }
+    let latin1 = tmp_dir().join(format!("issue10-{}-latin1.rules", std::process::id()));
+    fs::write(&latin1, b"-A -t 10.0.0.1:80 -s rr\n# caf\xe9\n").unwrap();
+    let got = stderr_of(run_plain(&nfvs_bin(), &["check", "--rules", latin1.to_str().unwrap()]));
+    let _ = fs::remove_file(&latin1);
+    assert_eq!(got, format!("nfvs: error: {}:2: not UTF-8 text\n", latin1.display()));
+
+    let ns = NetNs::new();
+    let sock = tmp_dir().join(format!("{}-control.sock", ns.name()));
+    let sock = sock.to_str().unwrap();
+    let first = ns.daemon(nfvs_bin()).args(["run", "--control", sock]).start().unwrap();
+    let second = |extra: &[&str]| stderr_of(nfvs_in(&ns, &[&["run", "--control", sock], extra].concat()));
+    // On the first daemon's queue, or on another: one director per namespace (issue 11), said
+    // once, before anything (a queue, the control socket) is touched.
+    let want = format!(
+        "nfvs: error: another nfvs daemon (pid {}) already runs in this network namespace: one director per \
+         namespace (stop it first, or run this one in another namespace)\n",
+        first.pid()
+    );
+    assert_eq!(second(&[]), want);
+    assert_eq!(second(&["--queue", "7"]), want);
+    // The first daemon still answers.
+    let out = nfvs_in(&ns, &["adm", "--control", sock, "-S"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Issue 10: addresses that cannot work. A real server IPVS refuses (not unicast) is refused
+/// with ipvsadm's message for the kernel's EINVAL; what IPVS takes (a VIP of 0.0.0.0, a real
+/// server on 127.0.0.0/8 or on the VIP) is taken with a warning saying why: by `nfvs check`
+/// (FILE:LINE), in the daemon's log, and by `nfvs adm` once the daemon has taken it.
+#[test]
+fn addresses_that_cannot_work_are_refused_or_warned_about() {
+    require_root();
+    let prefix = tmp_dir().join(format!("issue10-{}", std::process::id()));
+    let file = prefix.with_extension("rules");
+    let text = "-A -t 0.0.0.0:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n\
+                -a -t 10.0.0.1:80 -r 127.0.0.1:80 -m\n-a -t 10.0.0.1:80 -r 10.0.0.1:8080 -m\n";
+    fs::write(&file, text).unwrap();
+    let path = file.to_str().unwrap();
+    let out = run_plain(&nfvs_bin(), &["check", "--rules", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    for (line, want) in lines.iter().zip([
+        format!("nfvs: warning: {path}:1: virtual service -t 0.0.0.0:80: 0.0.0.0 is no address a client connects to"),
+        format!("nfvs: warning: {path}:3: real server 127.0.0.1:80 of -t 10.0.0.1:80 is a loopback address"),
+        format!("nfvs: warning: {path}:4: real server 10.0.0.1:8080 of -t 10.0.0.1:80 is the virtual address itself"),
+    ]) {
+        assert!(line.starts_with(&want), "{line:?} does not start with {want:?}");
+    }
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+
+    let bad = prefix.with_extension("bad.rules");
+    fs::write(&bad, "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 0.0.0.0:80 -m\n").unwrap();
+    let out = run_plain(&nfvs_bin(), &["check", "--rules", bad.to_str().unwrap()]);
+    let _ = fs::remove_file(&bad);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "nfvs: error: {}:2: Invalid operation.  Possibly wrong module version, address not unicast, ... \
+             (0.0.0.0: a real server needs a unicast address (IPVS refuses it too))\n",
+            bad.display()
+        )
+    );
+
+    let ns = NetNs::new();
+    let sock = prefix.with_extension("sock");
+    let sock = sock.to_str().unwrap();
+    let d = ns.daemon(nfvs_bin()).args(["run", "--rules", path, "--control", sock]).start().unwrap();
+    let _ = fs::remove_file(&file);
+    assert!(d.log().contains(&format!("{path}:3: real server 127.0.0.1:80 of -t 10.0.0.1:80 is a loopback")), "{}", d.log());
+    let adm = |args: &[&str]| nfvs_in(&ns, &[&["adm", "--control", sock], args].concat());
+    let saved = String::from_utf8_lossy(&adm(&["-S", "-n"]).stdout).into_owned();
+    let out = adm(&["-a", "-t", "10.0.0.1:80", "-r", "255.255.255.255:80", "-m"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines[0], "Invalid operation.  Possibly wrong module version, address not unicast, ...");
+    assert!(lines[1].starts_with("  nfvs: 255.255.255.255: a real server needs a unicast address"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&adm(&["-S", "-n"]).stdout), saved);
+    let out = adm(&["-e", "-t", "10.0.0.1:80", "-r", "127.0.0.1:80", "-m", "-w", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && out.stdout.is_empty(), "{stderr}");
+    assert!(stderr.starts_with("nfvs: warning: real server 127.0.0.1:80 of -t 10.0.0.1:80 is a loopback") && stderr.lines().count() == 1, "{stderr}");
+    let saved = String::from_utf8_lossy(&adm(&["-S", "-n"]).stdout).into_owned();
+    assert!(saved.contains("-a -t 10.0.0.1:80 -r 127.0.0.1:80 -m -w 2\n"), "{saved}");
 }

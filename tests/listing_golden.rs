@@ -1,16 +1,23 @@
 //! Golden output of every ipvsadm listing format (lvs-semantics.md §9-10).
 //!
-//! Tables are built from rules text through `config::parse_rules` and listings are asked for
-//! with ipvsadm's own words (`-L -n --stats`, `-S -n`, ...) parsed by `config::parse_line`, so
+//! Tables are built from rules text through `rules::parse_rules` and listings are asked for
+//! with ipvsadm's own words (`-L -n --stats`, `-S -n`, ...) parsed by `args::parse_line`, so
 //! each test reads like an ipvsadm session. Expected texts are written one line per literal so
 //! the trailing spaces ipvsadm's `%-Ns` formats leave are visible.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
-use nfvs::config::{parse_line, parse_rules, Command, ListWhat};
-use nfvs::listing::{self, ConnRow, ListError, PortNames};
-use nfvs::service::{DestId, Protocol, ServiceKey, Table};
+use nfvs::adm::args::parse_line;
+use nfvs::adm::command::{Command, ListFormat, ListWhat};
+use nfvs::adm::etc_services::PortNames;
+use nfvs::adm::listing::{self, ConnRow, ListError};
+use nfvs::adm::rules::parse_rules;
+use nfvs::adm::usage;
+use nfvs::sched::Request;
+use nfvs::service::{DestId, ServiceKey, Table};
+use nfvs::model::Protocol;
 use nfvs::stats::{Counters, NoStats, Rates, StatsSource};
 
 /// The seed lab's director configuration (lvs-semantics.md §10).
@@ -196,6 +203,73 @@ fn seed_lab_connections() {
     );
 }
 
+/// Issue 10: persistence templates are `-L -c` rows, as IPVS lists them (ip_vs_conn.c,
+/// `ip_vs_conn_seq_show`; made by `ip_vs_sched_persist`, ip_vs_core.c): state `NONE`, source
+/// port 0 and the client address masked, the template's vport (0 for port-zero and FTP
+/// services, whose destination port is then 0 too), the seconds left on its timer.
+#[test]
+fn connections_with_persistence_templates() {
+    let mut t = table(
+        "-A -t 192.168.199.200:80 -s rr -p 300\n\
+         -a -t 192.168.199.200:80 -r 192.168.226.130:80 -m\n\
+         -a -t 192.168.199.200:80 -r 192.168.226.131:8080 -m\n\
+         -A -t 192.168.199.200:0 -s rr -p 60 -M 255.255.255.0\n\
+         -a -t 192.168.199.200:0 -r 192.168.226.130 -m\n\
+         -A -t 192.168.199.200:21 -s rr -p 120\n\
+         -a -t 192.168.199.200:21 -r 192.168.226.131:21 -m\n",
+    );
+    let vip = Ipv4Addr::new(192, 168, 199, 200);
+    let connect = |t: &mut Table, svc: usize, client: [u8; 4], dport: u16, at: u64| {
+        let req = Request { caddr: client.into(), cport: 40000, daddr: vip, dport, now: Duration::from_secs(at) };
+        let s = &mut t.services_mut()[svc];
+        let pick = s.schedule(&req).expect("a server");
+        s.dests[pick.index].rip().to_string()
+    };
+    // rr over [.131:8080, .130:80] (newest first); .1 comes back at 1020 (a template hit,
+    // restarting its 300 s); a port-zero client on :443 (mask /24); an FTP client.
+    assert_eq!(connect(&mut t, 0, [192, 168, 199, 1], 80, 1000), "192.168.226.131:8080");
+    assert_eq!(connect(&mut t, 0, [192, 168, 199, 2], 80, 1010), "192.168.226.130:80");
+    assert_eq!(connect(&mut t, 0, [192, 168, 199, 1], 80, 1020), "192.168.226.131:8080");
+    assert_eq!(connect(&mut t, 1, [10, 1, 2, 3], 443, 1030), "192.168.226.130:0");
+    assert_eq!(connect(&mut t, 2, [192, 168, 199, 1], 21, 1040), "192.168.226.131:21");
+    let mut rows = lab_conns();
+    rows.extend(listing::template_rows(&t, Duration::from_secs(1075)));
+    assert_eq!(
+        ipvsadm_with(&t, "-L -n -c", &NoStats, &PortNames::none(), &rows),
+        concat!(
+            "IPVS connection entries\n",
+            "pro expire state       source             virtual            destination\n",
+            "TCP 01:58  TIME_WAIT   192.168.199.1:52001 192.168.199.200:80 192.168.226.131:80\n",
+            "TCP 14:59  ESTABLISHED 192.168.199.1:52002 192.168.199.200:80 192.168.226.130:80\n",
+            "TCP 04:05  NONE        192.168.199.1:0    192.168.199.200:80 192.168.226.131:8080\n",
+            "TCP 03:55  NONE        192.168.199.2:0    192.168.199.200:80 192.168.226.130:80\n",
+            "TCP 00:15  NONE        10.1.2.0:0         192.168.199.200:0  192.168.226.130:0\n",
+            "TCP 01:25  NONE        192.168.199.1:0    192.168.199.200:0  192.168.226.131:0\n",
+        )
+    );
+
+    // With expire_quiescent_template, .1's template to the quiesced .131 is invalidated at its
+    // next connection (`ip_vs_check_template`): rehashed with ports 0xffff, its timer left
+    // running, and listed until it ends; the new template goes to .130.
+    t.services_mut()[0].persist.expire_quiescent = true;
+    let edit = parse_line("-e -t 192.168.199.200:80 -r 192.168.226.131:8080 -m -w 0").unwrap();
+    nfvs::adm::rules::apply(&mut t, &edit).unwrap();
+    assert_eq!(connect(&mut t, 0, [192, 168, 199, 1], 80, 1080), "192.168.226.130:80");
+    let rows: Vec<String> = listing::template_rows(&t, Duration::from_secs(1085))
+        .iter()
+        .take(3)
+        .map(|r| format!("{} {} {} {} {}", r.expire_secs, r.state, r.client, r.vip, r.rs))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "235 NONE 192.168.199.1:0 192.168.199.200:65535 192.168.226.131:65535",
+            "225 NONE 192.168.199.2:0 192.168.199.200:80 192.168.226.130:80",
+            "295 NONE 192.168.199.1:0 192.168.199.200:80 192.168.226.130:80",
+        ]
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // §9: the other views
 
@@ -216,7 +290,7 @@ fn connections_named_ports_long_expiry_and_pe_header() {
     );
     // --persistent-conn adds two header columns; rows without a persistence engine keep the
     // short form.
-    let fmt = nfvs::config::ListFormat { numeric: true, persistent_conn: true, ..Default::default() };
+    let fmt = ListFormat { numeric: true, persistent_conn: true, ..Default::default() };
     let out = listing::connections(&rows[..1], &fmt, &names);
     assert_eq!(
         out,
@@ -547,8 +621,8 @@ fn empty_table_lists_headers_only() {
 
 #[test]
 fn usage_keeps_ipvsadm_layout_and_marks_refusals() {
-    let u = listing::usage("ipvsadm");
-    assert!(u.starts_with(&listing::version()));
+    let u = usage::usage("ipvsadm");
+    assert!(u.starts_with(&usage::version()));
     assert!(u.contains("\nUsage:\n  ipvsadm -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]\n"));
     assert!(u.contains("\n  ipvsadm -h\n\nCommands:\nEither long or short options are allowed.\n"));
     // Every option ipvsadm 1.31 documents is still there, in its order.
@@ -583,12 +657,12 @@ fn usage_keeps_ipvsadm_layout_and_marks_refusals() {
     // The scheduler list is what nfvs implements; the default is ipvsadm's.
     let scheds = nfvs::sched::NAMES.join("|");
     assert!(u.contains(&format!("one of {scheds},\n                                      the default scheduler is wlc.\n")));
-    assert!(listing::usage("nfvs adm").contains("\n  nfvs adm -S [-n]\n"));
+    assert!(usage::usage("nfvs adm").contains("\n  nfvs adm -S [-n]\n"));
 }
 
 #[test]
 fn version_line() {
-    let v = listing::version();
+    let v = usage::version();
     assert!(v.starts_with(&format!("nfvs v{} (ipvsadm v1.31 2019/12/24", env!("CARGO_PKG_VERSION"))), "{v}");
     assert!(v.ends_with(")\n") && v.lines().count() == 1);
 }

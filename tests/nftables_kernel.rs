@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nfvs::kernel::nftables::{self, NftError, QueueImpl};
 use nfvs::ruleset::{Cidr, Divert, QueueSpec, Ruleset};
-use nfvs::service::Protocol;
+use nfvs::model::Protocol;
 
 /// A network namespace that exists for the life of the value.
 struct NetNs {

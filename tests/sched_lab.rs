@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use common::*;
+use nfvs::sched::hash::hash_32;
 
 /// The second client address some tests add next to [`CLIENT_IP`].
 const CLIENT2_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 199, 2);
@@ -86,37 +87,6 @@ fn adm(lab: &Lab, args: &[&str]) -> String {
 
 // ---------------------------------------------------------------------------------------
 // The decision log
-
-/// One `conn ...` line of the daemon's log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Decision {
-    client: SocketAddrV4,
-    sched: String,
-    /// None for `rs=none` (no eligible server).
-    rs: Option<Ipv4Addr>,
-    /// The line ends in `(persistent)`: a persistence template hit.
-    persistent: bool,
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key))
-}
-
-fn parse_decision(line: &str) -> Option<Decision> {
-    let rest = &line[line.find("conn client=")? + "conn ".len()..];
-    let client = SocketAddrV4::from_str(field(rest, "client=")?).ok()?;
-    let sched = field(rest, "sched=")?.to_owned();
-    let rs = match field(rest, "rs=")?.trim_end_matches(':') {
-        "none" => None,
-        s => Some(*SocketAddrV4::from_str(s).ok()?.ip()),
-    };
-    Some(Decision { client, sched, rs, persistent: rest.trim_end().ends_with("(persistent)") })
-}
-
-/// Every decision logged so far, in order.
-fn decisions(d: &Daemon) -> Vec<Decision> {
-    d.log().lines().filter_map(parse_decision).collect()
-}
 
 /// The (last) decision logged for a connection from `client`, waiting for it to appear.
 fn decision_of(d: &Daemon, client: SocketAddrV4) -> Decision {
@@ -275,11 +245,6 @@ fn list_with_counts(lab: &Lab, added: &[Ipv4Addr]) -> Vec<(Ipv4Addr, u32, u32, u
         .collect()
 }
 
-/// `hash_32(x, 8)` of include/linux/hash.h (x86/arm64), as lvs-semantics.md Appendix A.1.
-fn hash_32_8(x: u32) -> u32 {
-    x.wrapping_mul(0x61C8_8647) >> 24
-}
-
 // ---------------------------------------------------------------------------------------
 // The tests
 
@@ -398,7 +363,7 @@ fn sh_keeps_each_client_address_on_one_server() {
     let d = start_nfvs(&lab, &rules);
 
     let list = [RS3, RS2, RS1];
-    let bucket = |a: Ipv4Addr| hash_32_8(u32::from(a));
+    let bucket = |a: Ipv4Addr| hash_32(u32::from(a), 8);
     assert_eq!(bucket(CLIENT_IP), 160, "Appendix A.1");
     let want = |a: Ipv4Addr| list[bucket(a) as usize % list.len()];
     assert_eq!((want(CLIENT_IP), want(CLIENT2_IP)), (RS2, RS1));
@@ -648,7 +613,7 @@ fn no_eligible_server_is_refused_with_icmp_port_unreachable() {
     let lab = Lab::up();
     let rules = RulesFile::new(&lab, "sh-w0", &service("-s sh", &[(RS1, 1), (RS2, 1)]));
     let d = start_nfvs(&lab, &rules);
-    assert_eq!(hash_32_8(u32::from(CLIENT_IP)), 160);
+    assert_eq!(hash_32(u32::from(CLIENT_IP), 8), 160);
     assert_eq!(get_checked(&lab, &d, None), RS2);
 
     adm(&lab, &["-e", "-t", &format!("{VIP}:80"), "-r", &format!("{RS2}:80"), "-m", "-w", "0"]);

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use nfvs::persist::{Persistence, TemplateKey};
 use nfvs::sched::{self, threshold, Change, Overhead, Request, SchedFlags, SchedOptions, Scheduler};
-use nfvs::service::{Dest, DestId, Protocol, ServiceKey};
+use nfvs::service::{Dest, DestId, ServiceKey};
+use nfvs::model::Protocol;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 199, 200);
 

@@ -11,11 +11,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The real server that answered, from nginx's "hello, i am from <ip>".
-fn rs_of(body: &str) -> String {
-    body.trim().strip_prefix("hello, i am from ").unwrap_or_else(|| panic!("unexpected answer {body:?}")).to_string()
-}
-
 fn nft_tables(lab: &Lab) -> String {
     lab.exec_ok(Role::Director, &["nft", "list", "tables"])
 }
@@ -40,14 +35,6 @@ fn twenty_curls_alternate_starting_with_131() {
     assert!(lines[1].contains("rs=192.168.226.130:80"), "{}", lines[1]);
 }
 
-
-fn wait_started(out: &std::path::Path) {
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::metadata(out).map(|m| m.len() > 1_000_000).unwrap_or(false)),
-        "download did not start"
-    );
-}
-
 /// Issue 2, test 2a: a download running when the daemon is SIGKILLed completes intact: its
 /// conntrack entry lives in the kernel (design.md fact 7).
 #[test]
@@ -57,7 +44,7 @@ fn download_survives_sigkill() {
     let mut d = lab.nfvs().start().unwrap();
     let out = tmp_dir().join(format!("{}-kill.bin", lab.prefix()));
     let mut curl = lab.start_download(&out, "4M");
-    wait_started(&out);
+    wait_download_started(&out);
     d.signal(libc::SIGKILL).unwrap();
     d.wait().unwrap();
     let status = curl.wait().unwrap();
@@ -79,7 +66,7 @@ fn download_survives_sigterm_stop() {
     let mut d = lab.nfvs().start().unwrap();
     let out = tmp_dir().join(format!("{}-term.bin", lab.prefix()));
     let mut curl = lab.start_download(&out, "4M");
-    wait_started(&out);
+    wait_download_started(&out);
     d.signal(libc::SIGTERM).unwrap();
     let status = curl.wait().unwrap();
     assert!(status.success(), "curl failed: {status}\nnfvs log:\n{}", d.log());
@@ -372,7 +359,7 @@ fn overload_drops_are_counted_and_the_daemon_recovers() {
     let mut d = lab.nfvs().args(["--queue-maxlen", "4"]).start().unwrap();
     let out = tmp_dir().join(format!("{}-overload.bin", lab.prefix()));
     let mut curl = lab.start_download(&out, "4M");
-    wait_started(&out);
+    wait_download_started(&out);
     d.signal(libc::SIGSTOP).unwrap();
     let vip = std::net::SocketAddr::from((VIP, 80));
     let connects = lab.in_ns(Role::Client, || {

@@ -4,28 +4,30 @@
 use std::net::SocketAddr;
 
 use super::{ticker, Shared};
-use crate::config::{self, Command, ListWhat};
+use crate::adm::command::{self, Command, ListFormat, ListWhat, UsageError};
+use crate::adm::etc_services::PortNames;
+use crate::adm::listing::{self, ConnRow};
+use crate::adm::{args, usage};
 use crate::engine::EditEffects;
 use crate::events::{EditSource, Event};
 use crate::kernel::conntrack::Conntrack;
 use crate::kernel::os;
-use crate::listing::{self, ConnRow, PortNames};
 use crate::model::TcpState;
 
-pub(super) use crate::control::Server;
-use crate::control::{Reply, Request};
+pub(super) use crate::adm::control::Server;
+use crate::adm::control::{Reply, Request};
 
 /// ipvsadm's exit status for kernel-side errors.
 const KERNEL_ERR: i32 = 255;
 
 pub(super) fn handle(sh: &Shared, req: Request) -> Reply {
-    let cmd = match config::parse_args(&req.args).and_then(|r| r.validate()) {
+    let cmd = match args::parse_args(&req.args).and_then(|r| r.validate()) {
         Ok(c) => c,
         Err(e) => return usage_reply(&e),
     };
     match &cmd {
-        Command::Help => Reply::ok(listing::usage("ipvsadm")),
-        Command::Version => Reply::ok(listing::version()),
+        Command::Help => Reply::ok(usage::usage("ipvsadm")),
+        Command::Version => Reply::ok(usage::version()),
         Command::List(what, fmt) => list(sh, what, fmt),
         Command::Save { numeric } => Reply::ok(listing::save(&sh.lock().table, *numeric, &PortNames::system())),
         Command::Zero(k) => {
@@ -49,7 +51,7 @@ pub(super) fn handle(sh: &Shared, req: Request) -> Reply {
     }
 }
 
-fn list(sh: &Shared, what: &ListWhat, fmt: &config::ListFormat) -> Reply {
+fn list(sh: &Shared, what: &ListWhat, fmt: &ListFormat) -> Reply {
     let names = PortNames::system();
     if matches!(what, ListWhat::All | ListWhat::Service(_)) && (fmt.stats || fmt.rate) {
         // Fresh traffic numbers for this listing.
@@ -85,7 +87,7 @@ fn list(sh: &Shared, what: &ListWhat, fmt: &config::ListFormat) -> Reply {
 fn restore(sh: &Shared, stdin: &str) -> Reply {
     let mut cmds = Vec::new();
     for line in stdin.lines().filter(|l| !l.trim().is_empty()) {
-        match config::parse_line(line) {
+        match args::parse_line(line) {
             Ok(c) if c.is_edit() => cmds.push(c),
             Ok(_) => {
                 let r = Reply::err(2, format!("{line}: -R takes table edits only (-A -E -D -C -a -e -d)"));
@@ -116,8 +118,8 @@ fn edits(sh: &Shared, cmds: &[Command]) -> Reply {
             match engine.apply_edit(c) {
                 Ok(f) => fx.expire.extend(f.expire),
                 Err(e) => {
-                    let mut msg = config::edit_message(c, &e);
-                    if let Some(h) = config::edit_hint(&e) {
+                    let mut msg = command::edit_message(c, &e);
+                    if let Some(h) = command::edit_hint(&e) {
                         msg.push_str(&format!("\n  nfvs: {h}"));
                     }
                     return ((&cmds[..n], Reply::err(KERNEL_ERR, msg)), fx);
@@ -136,7 +138,7 @@ fn edits(sh: &Shared, cmds: &[Command]) -> Reply {
 }
 
 /// A usage error as ipvsadm prints it, with nfvs's hint on a line of its own.
-fn usage_reply(e: &config::UsageError) -> Reply {
+fn usage_reply(e: &UsageError) -> Reply {
     let mut msg = e.message.clone();
     if let Some(h) = &e.hint {
         msg.push_str(&format!("\n  nfvs: {h}"));
@@ -158,7 +160,7 @@ pub(super) fn describe(cmd: &Command) -> String {
     }
 }
 
-fn list_connections(sh: &Shared, fmt: &config::ListFormat, names: &PortNames) -> Reply {
+fn list_connections(sh: &Shared, fmt: &ListFormat, names: &PortNames) -> Reply {
     let entries = match Conntrack::open().and_then(|mut c| c.dump(sh.opts.ct_mark, u32::MAX)) {
         Ok(e) => e,
         Err(e) => return Reply::err(KERNEL_ERR, format!("cannot read conntrack: {e}")),
@@ -167,7 +169,7 @@ fn list_connections(sh: &Shared, fmt: &config::ListFormat, names: &PortNames) ->
         SocketAddr::V4(a) => Some(a),
         SocketAddr::V6(_) => None,
     };
-    let rows: Vec<ConnRow> = entries
+    let mut rows: Vec<ConnRow> = entries
         .iter()
         .filter_map(|e| {
             Some(ConnRow {
@@ -183,6 +185,14 @@ fn list_connections(sh: &Shared, fmt: &config::ListFormat, names: &PortNames) ->
             })
         })
         .collect();
+    // Persistence templates are rows too, as in IPVS; their timers first catch up with now, as
+    // the ticker's sweep would have them.
+    {
+        let mut engine = sh.lock();
+        let now = sh.now();
+        engine.table.expire_templates(now);
+        rows.extend(listing::template_rows(&engine.table, now));
+    }
     Reply::ok(listing::connections(&rows, fmt, names))
 }
 

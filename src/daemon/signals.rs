@@ -6,7 +6,7 @@ use anyhow::bail;
 use log::{info, warn};
 
 use super::Shared;
-use crate::config;
+use crate::adm::{command, rules};
 use crate::engine::EditEffects;
 use crate::events::{EditSource, Event};
 use crate::kernel::conntrack::Conntrack;
@@ -38,17 +38,17 @@ fn reload(sh: &Shared) -> anyhow::Result<usize> {
     let Some(path) = &sh.opts.rules else { bail!("nfvs was started without --rules: nothing to reload") };
     // The new file is checked whole before anything changes; the edits derived from it are
     // then valid for the live table (same parser, same checks).
-    let new = config::load_rules_with(path, sh.opts.sched)?;
+    let new = rules::load_rules_with(path, sh.opts.sched)?;
     let ((applied, refused), installed) = sh.edit(|engine| {
         let mut fx = EditEffects::default();
         let mut done = Vec::new();
-        for c in config::diff(&engine.table, &new) {
+        for c in rules::diff(&engine.table, &new) {
             match engine.apply_edit(&c) {
                 Ok(f) => {
                     fx.expire.extend(f.expire);
                     done.push(c);
                 }
-                Err(e) => return ((done, Some(anyhow::anyhow!("{}", config::edit_message(&c, &e)))), fx),
+                Err(e) => return ((done, Some(anyhow::anyhow!("{}", command::edit_message(&c, &e)))), fx),
             }
         }
         ((done, None), fx)

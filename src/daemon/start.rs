@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use log::{info, warn};
 
 use super::{control, ct_events, signals, spawn, ticker, worker, Cleanup, LoopStats, RunOptions, Shared};
-use crate::config;
+use crate::adm::rules;
 use crate::engine::{Engine, ForeignFinished};
 use crate::kernel::conntrack::{Conntrack, CtError, CtEvents};
 use crate::kernel::icmp::Refuser;
@@ -29,7 +29,7 @@ use crate::service::Table;
 /// what it had done); a signal ends the process with exit status 0 after clean-up.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let table = match &opts.rules {
-        Some(p) => config::load_rules_with(p, opts.sched)?,
+        Some(p) => rules::load_rules_with(p, opts.sched)?,
         None => Table::with_defaults(opts.sched),
     };
     let ruleset = ruleset::for_table(&table, &opts.masquerade, opts.queue, opts.queues, opts.overload, opts.ct_mark);

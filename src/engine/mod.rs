@@ -16,7 +16,8 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use crate::accounting::Conns;
-use crate::config::{self, Command};
+use crate::adm::command::Command;
+use crate::adm::rules;
 use crate::model::{CtEntry, CtEvent, CtEventKind, CtMapping, Tuple};
 use crate::sched::Request;
 use crate::service::{DestId, EditError, ServiceKey, Table};
@@ -248,7 +249,7 @@ impl Engine {
     /// deletion with `--expire-nodest`.
     pub fn apply_edit(&mut self, cmd: &Command) -> Result<EditEffects, EditError> {
         let removed = self.removed_by(cmd);
-        config::apply(&mut self.table, cmd)?;
+        rules::apply(&mut self.table, cmd)?;
         let mut fx = EditEffects::default();
         for (k, id) in removed {
             if self.expire_nodest {

@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use super::*;
-use crate::config::{parse_line, parse_rules};
+use crate::adm::args::parse_line;
+use crate::adm::rules::parse_rules;
 use crate::model::{status, CtEntry, CtEvent, CtEventKind, Protocol, TcpState};
 use crate::stats::StatsSource;
 

@@ -29,7 +29,7 @@ use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, Prot
 use nftnl_sys::{self as sys, libc};
 
 use crate::ruleset::{Cidr, Divert, QueueSpec, Ruleset, RulesetError};
-use crate::service::Protocol;
+use crate::model::Protocol;
 
 /// How the divert rule hands packets to NFQUEUE on this kernel (design.md fact 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

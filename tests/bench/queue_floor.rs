@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
     if pos.len() != 2 || queues == 0 || (no_queue && (pin || queues != 1)) {
         bail!(USAGE);
     }
-    let table = nfvs::config::load_rules_with(Path::new(&pos[0]), SchedOptions::default())?;
+    let table = nfvs::adm::rules::load_rules_with(Path::new(&pos[0]), SchedOptions::default())?;
     let masq = [pos[1].parse().with_context(|| format!("masquerade network {:?}", pos[1]))?];
     let mut rs = ruleset::for_table(&table, &masq, 0, queues, Overload::Fallback, 0x6e66_7673);
     if no_queue {

@@ -20,11 +20,12 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -490,6 +491,54 @@ impl Drop for Lab {
 
 fn lab_script() -> PathBuf {
     repo_root().join("scripts/lab.sh")
+}
+
+// ---------------------------------------------------------------------------------------
+// What the lab's servers and nfvs's log say
+
+/// The real server that answered, from nginx's "hello, i am from <ip>".
+pub fn rs_of(body: &str) -> String {
+    body.trim().strip_prefix("hello, i am from ").unwrap_or_else(|| panic!("unexpected answer {body:?}")).to_string()
+}
+
+/// Waits until a download started with [`Lab::start_download`] has written 1 MB into `out`.
+pub fn wait_download_started(out: &Path) {
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::metadata(out).is_ok_and(|m| m.len() > 1_000_000)),
+        "the download did not start"
+    );
+}
+
+/// One decision line of nfvs's log: `conn client=C vip=V sched=S rs=IP:PORT ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub client: SocketAddrV4,
+    pub sched: String,
+    /// None for `rs=none` (no eligible server).
+    pub rs: Option<Ipv4Addr>,
+    /// The line ends in `(persistent)`: a persistence template hit.
+    pub persistent: bool,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
+/// The decision a log line records, if it is a decision line.
+pub fn parse_decision(line: &str) -> Option<Decision> {
+    let rest = &line[line.find("conn client=")? + "conn ".len()..];
+    let client = SocketAddrV4::from_str(field(rest, "client=")?).ok()?;
+    let sched = field(rest, "sched=")?.to_owned();
+    let rs = match field(rest, "rs=")?.trim_end_matches(':') {
+        "none" => None,
+        s => Some(*SocketAddrV4::from_str(s).ok()?.ip()),
+    };
+    Some(Decision { client, sched, rs, persistent: rest.trim_end().ends_with("(persistent)") })
+}
+
+/// Every decision `d` has logged so far, in order.
+pub fn decisions(d: &Daemon) -> Vec<Decision> {
+    d.log().lines().filter_map(parse_decision).collect()
 }
 
 /// One uniquely named, empty network namespace with `lo` up, removed (with any process still

@@ -1,5 +1,5 @@
 //! What `ipvsadm` prints, byte for byte: `-L`/`-l` in all its variants, `-S`, `-L -c`,
-//! `--timeout`, `-h` and `-v` (lvs-semantics.md §9-10).
+//! and `--timeout` (lvs-semantics.md §9-10); `-h` and `-v` are in [`super::usage`].
 //!
 //! Pure functions from the service table (plus counters, connection rows, port names) to
 //! strings. The printf formats are ipvsadm 1.31's (`ipvsadm.c`: `print_title`,
@@ -10,15 +10,17 @@
 //! Names: without `-n`, ipvsadm reverse-resolves addresses (`gethostbyaddr`) and names ports
 //! (`getservbyport`). nfvs does no DNS, so addresses always print numerically (what ipvsadm
 //! prints too for an address without a PTR record); ports are named from `/etc/services`
-//! through [`PortNames`], first matching line wins, as glibc's files backend does.
+//! through [`PortNames`].
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
 
-use crate::config::{ListFormat, DEFAULT_SCHED};
+use super::command::ListFormat;
+use super::etc_services::PortNames;
 use crate::sched::SchedFlags;
-use crate::service::{Dest, Protocol, ServiceKey, ServiceSpec, Table};
+use crate::service::{Dest, ServiceKey, ServiceSpec, Table};
+use crate::model::Protocol;
 use crate::stats::{Counters, Rates, StatsSource};
 
 /// The IPVS version the listing header names (`IP_VS_VERSION_CODE` 0x010201 in
@@ -30,58 +32,12 @@ pub const IPVS_VERSION: &str = "1.2.1";
 /// nfvs has no such table (conntrack holds the connections), so it prints the default.
 pub const CONN_TAB_SIZE: u32 = 4096;
 
-/// The ipvsadm release whose command language and output nfvs reproduces.
-pub const IPVSADM_VERSION: &str = "v1.31 2019/12/24";
-
 /// Why a listing could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListError {
     /// `-L -t VIP:PORT` for a service that does not exist (ipvsadm: ESRCH, exit status 1).
     #[error("No such service")]
     NoSuchService,
-}
-
-/// Port names for `-L`/`-S`/`-c` without `-n`: `/etc/services` read once.
-#[derive(Debug, Clone, Default)]
-pub struct PortNames {
-    by_port: HashMap<(Protocol, u16), String>,
-}
-
-impl PortNames {
-    /// No names at all: every port prints as a number.
-    pub fn none() -> PortNames {
-        PortNames::default()
-    }
-
-    /// The system's `/etc/services`. If it cannot be read, ports print as numbers, which is
-    /// what ipvsadm does when `getservbyport` finds nothing.
-    pub fn system() -> PortNames {
-        std::fs::read_to_string("/etc/services").map(|t| PortNames::parse(&t)).unwrap_or_default()
-    }
-
-    /// Parses `/etc/services` text (`name port/proto [aliases] [# comment]`). The first line
-    /// naming a port/protocol wins, as `getservbyport` with the files backend returns it.
-    pub fn parse(text: &str) -> PortNames {
-        let mut by_port = HashMap::new();
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or("");
-            let mut words = line.split_whitespace();
-            let (Some(name), Some(port_proto)) = (words.next(), words.next()) else { continue };
-            let Some((port, proto)) = port_proto.split_once('/') else { continue };
-            let Ok(port) = port.parse::<u16>() else { continue };
-            let proto = match proto {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                _ => continue,
-            };
-            by_port.entry((proto, port)).or_insert_with(|| name.to_string());
-        }
-        PortNames { by_port }
-    }
-
-    pub fn name(&self, proto: Protocol, port: u16) -> Option<&str> {
-        self.by_port.get(&(proto, port)).map(String::as_str)
-    }
 }
 
 /// ipvsadm's `addrport_to_anyname`: `addr:port`, the port named unless `numeric`.
@@ -432,13 +388,15 @@ pub fn save(table: &Table, numeric: bool, names: &PortNames) -> String {
 // ---------------------------------------------------------------------------------------
 // -L -c
 
-/// One connection for `ipvsadm -L -c`, as the daemon reads it from conntrack.
+/// One row of `ipvsadm -L -c`: a connection, as the daemon reads it from conntrack, or a
+/// persistence template ([`template_rows`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnRow {
     pub proto: Protocol,
     /// Seconds until the entry expires (conntrack's CTA_TIMEOUT is already "remaining").
     pub expire_secs: u32,
-    /// IPVS's state name (`ESTABLISHED`, `SYN_RECV`, `TIME_WAIT`, ..., `UDP` for UDP).
+    /// IPVS's state name (`ESTABLISHED`, `SYN_RECV`, `TIME_WAIT`, ..., `UDP` for UDP, `NONE`
+    /// for a template).
     pub state: String,
     pub client: SocketAddrV4,
     pub vip: SocketAddrV4,
@@ -477,128 +435,57 @@ pub fn connections(rows: &[ConnRow], fmt: &ListFormat, names: &PortNames) -> Str
     out
 }
 
+/// The state name IPVS gives a persistence template (`ip_vs_state_name` in ip_vs_proto.c, a
+/// template's state being IP_VS_CTPL_S_NONE; lvs-semantics.md §6). Kernels as recent as 6.12
+/// turn it to `ASSURED` once a connection it controls reaches ESTABLISHED
+/// (`ip_vs_control_assure_ct`, include/net/ip_vs.h); nfvs's templates do not record that.
+pub const TEMPLATE_STATE: &str = "NONE";
+
+/// The ports `ip_vs_check_template` gives a template it invalidates (dport and vport 0xffff,
+/// cport 0) when it unhashes it and hashes it again, so it stays listed until its timer ends.
+const INVALIDATED_PORT: u16 = 0xffff;
+
+/// The persistence templates of every persistent service as `-L -c` rows, as
+/// /proc/net/ip_vs_conn shows them (`ip_vs_conn_seq_show` in ip_vs_conn.c; templates are
+/// made in `ip_vs_sched_persist`, ip_vs_core.c): source = the client address AND the
+/// service's netmask, port 0; virtual = the VIP and the template's vport (the service port, or
+/// 0 for port-zero and FTP services); destination = the chosen server and its port (0 where the
+/// vport is 0); expire = the seconds left on the template's timer at `now` (truncated, as the
+/// kernel's jiffies-to-seconds is). Services in table order, templates in creation order.
+///
+/// The caller runs the templates' timers up to `now` first ([`Table::expire_templates`]), as
+/// the kernel's timers would have. A template whose real server has been deleted is left out:
+/// nfvs's templates keep only the server's identity, not its address, which IPVS still prints.
+pub fn template_rows(table: &Table, now: Duration) -> Vec<ConnRow> {
+    let mut rows = Vec::new();
+    for svc in table.services() {
+        for t in svc.persist.templates() {
+            let Some(dest) = svc.dests.iter().find(|d| d.id == t.dest) else { continue };
+            let findable = svc.persist.get(&t.key).is_some_and(|live| live.id == t.id);
+            let (vport, dport) = match (findable, t.key.vport) {
+                (false, _) => (INVALIDATED_PORT, INVALIDATED_PORT),
+                (true, 0) => (0, 0),
+                (true, vport) => (vport, dest.port),
+            };
+            rows.push(ConnRow {
+                proto: t.key.proto,
+                expire_secs: u32::try_from(t.expires.saturating_sub(now).as_secs()).unwrap_or(u32::MAX),
+                state: TEMPLATE_STATE.to_string(),
+                client: SocketAddrV4::new(t.key.client, 0),
+                vip: SocketAddrV4::new(t.key.vaddr, vport),
+                rs: SocketAddrV4::new(dest.addr, dport),
+            });
+        }
+    }
+    rows
+}
+
 // ---------------------------------------------------------------------------------------
-// --timeout, -h, -v
+// --timeout
 
 /// `ipvsadm -L --timeout`.
 pub fn timeouts(tcp: u32, tcpfin: u32, udp: u32) -> String {
     format!("Timeout (tcp tcpfin udp): {tcp} {tcpfin} {udp}\n")
-}
-
-/// `-v`: ipvsadm prints `ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)`;
-/// nfvs says what it is and which ipvsadm it follows.
-pub fn version() -> String {
-    format!(
-        "nfvs v{} (ipvsadm {IPVSADM_VERSION} commands and output, IPVS v{IPVS_VERSION} behaviour, NAT in userspace)\n",
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
-const NOT_NFVS: &str = "(not supported by nfvs)";
-
-/// `-h`: ipvsadm 1.31's help (`usage_exit`) with the same commands and options in the same
-/// layout; what nfvs refuses is marked rather than left out, so a reader who knows ipvsadm
-/// sees at once what is missing. `program` is the name to show (`ipvsadm`, `nfvs adm`).
-pub fn usage(program: &str) -> String {
-    let p = program;
-    let scheds = crate::sched::NAMES.join("|");
-    let n = NOT_NFVS;
-    let mut s = version();
-    let _ = write!(
-        s,
-        "Usage:\n\
-         \x20 {p} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]\n\
-         \x20 {p} -D virtual-service\n\
-         \x20 {p} -C\n\
-         \x20 {p} -R\n\
-         \x20 {p} -S [-n]\n\
-         \x20 {p} -a|e virtual-service -r server-address [options]\n\
-         \x20 {p} -d virtual-service -r server-address\n\
-         \x20 {p} -L|l [virtual-service] [options]\n\
-         \x20 {p} -Z [virtual-service]\n\
-         \x20 {p} --set tcp tcpfin udp\n\
-         \x20 {p} --start-daemon {{master|backup}} [daemon-options]\n\
-         \x20 {p} --stop-daemon {{master|backup}}\n\
-         \x20 {p} -h\n\n"
-    );
-    let _ = write!(
-        s,
-        "Commands:\n\
-         Either long or short options are allowed.\n\
-         \x20 --add-service     -A        add virtual service with options\n\
-         \x20 --edit-service    -E        edit virtual service with options\n\
-         \x20 --delete-service  -D        delete virtual service\n\
-         \x20 --clear           -C        clear the whole table\n\
-         \x20 --restore         -R        restore rules from stdin\n\
-         \x20 --save            -S        save rules to stdout\n\
-         \x20 --add-server      -a        add real server with options\n\
-         \x20 --edit-server     -e        edit real server with options\n\
-         \x20 --delete-server   -d        delete real server\n\
-         \x20 --list            -L|-l     list the table\n\
-         \x20 --zero            -Z        zero counters in a service or all services\n\
-         \x20 --set tcp tcpfin udp        set connection timeout values\n\
-         \x20 --start-daemon              start connection sync daemon {n}\n\
-         \x20 --stop-daemon               stop connection sync daemon {n}\n\
-         \x20 --help            -h        display this help message\n\n"
-    );
-    let _ = write!(
-        s,
-        "virtual-service:\n\
-         \x20 --tcp-service|-t  service-address   service-address is host[:port]\n\
-         \x20 --udp-service|-u  service-address   service-address is host[:port] {n}\n\
-         \x20 --sctp-service    service-address   service-address is host[:port] {n}\n\
-         \x20 --fwmark-service|-f fwmark          fwmark is an integer greater than zero {n}\n\n"
-    );
-    let _ = write!(
-        s,
-        "Options:\n\
-         \x20 --ipv6         -6                   fwmark entry uses IPv6 {n}\n\
-         \x20 --scheduler    -s scheduler         one of {scheds},\n\
-         \x20                                     the default scheduler is {DEFAULT_SCHED}.\n\
-         \x20 --pe            engine              alternate persistence engine may be sip,\n\
-         \x20                                     not set by default {n}.\n\
-         \x20 --persistent   -p [timeout]         persistent service\n\
-         \x20 --netmask      -M netmask           persistent granularity mask\n\
-         \x20 --real-server  -r server-address    server-address is host (and port)\n\
-         \x20 --gatewaying   -g                   gatewaying (direct routing) (ipvsadm's default) {n}\n\
-         \x20 --ipip         -i                   ipip encapsulation (tunneling) {n}\n\
-         \x20 --masquerading -m                   masquerading (NAT) (nfvs's only method: required with -a)\n\
-         \x20 --tun-type      type                one of ipip|gue|gre,\n\
-         \x20                                     the default tunnel type is ipip {n}.\n\
-         \x20 --tun-port      port                tunnel destination port {n}\n\
-         \x20 --tun-nocsum                        tunnel encapsulation without checksum {n}\n\
-         \x20 --tun-csum                          tunnel encapsulation with checksum {n}\n\
-         \x20 --tun-remcsum                       tunnel encapsulation with remote checksum {n}\n\
-         \x20 --weight       -w weight            capacity of real server\n\
-         \x20 --u-threshold  -x uthreshold        upper threshold of connections\n\
-         \x20 --l-threshold  -y lthreshold        lower threshold of connections\n\
-         \x20 --connection   -c                   output of current connections (read from conntrack)\n\
-         \x20 --timeout                           output of timeout (tcp tcpfin udp)\n\
-         \x20 --daemon                            output of daemon information (nfvs has no sync daemon)\n\
-         \x20 --stats                             output of statistics information\n\
-         \x20 --rate                              output of rate information\n\
-         \x20 --exact                             expand numbers (display exact values)\n\
-         \x20 --thresholds                        output of thresholds information\n\
-         \x20 --persistent-conn                   output of persistent connection info\n\
-         \x20 --tun-info                          output of tunnel information {n}\n\
-         \x20 --nosort                            disable sorting output of service/server entries\n\
-         \x20 --sort                              does nothing, for backwards compatibility\n\
-         \x20 --ops          -o                   one-packet scheduling {n}\n\
-         \x20 --numeric      -n                   numeric output of addresses and ports\n\
-         \x20                                     (nfvs never resolves addresses; without -n it names ports)\n\
-         \x20 --sched-flags  -b flags             scheduler flags (comma-separated)\n"
-    );
-    let _ = write!(
-        s,
-        "Daemon Options: {n}\n\
-         \x20 --syncid sid                        syncid for connection sync (default=255)\n\
-         \x20 --sync-maxlen length                Max sync message length (default=1472)\n\
-         \x20 --mcast-interface interface         multicast interface for connection sync\n\
-         \x20 --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)\n\
-         \x20 --mcast-port port                   UDP port (default=8848)\n\
-         \x20 --mcast-ttl ttl                     Multicast TTL (default=1)\n"
-    );
-    s
 }
 
 #[cfg(test)]
@@ -698,13 +585,5 @@ mod tests {
         assert_eq!(sort_services(&[k(b), k(c), k(a)]), [0, 1, 2]);
         // [a, c, b]: right [c, b] -> [b, c] (b < c); merge a vs b -> a, then b, c.
         assert_eq!(sort_services(&[k(a), k(c), k(b)]), [0, 2, 1]);
-    }
-
-    #[test]
-    fn etc_services_first_match_wins() {
-        let n = PortNames::parse("# c\nhttp\t80/tcp\twww # web\nwww-alt 80/tcp\nhttp 80/udp\nbad line\nx 99999/tcp\n");
-        assert_eq!(n.name(Protocol::Tcp, 80), Some("http"));
-        assert_eq!(n.name(Protocol::Udp, 80), Some("http"));
-        assert_eq!(n.name(Protocol::Tcp, 81), None);
     }
 }

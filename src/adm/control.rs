@@ -1,6 +1,6 @@
 //! The control socket: `nfvs adm ARGS` (or `ipvsadm ARGS` through a symlink) sends its words to
 //! the running daemon, which parses them with the same parser as the rules file
-//! ([`crate::config`]), applies them to the live table and answers with what ipvsadm would print
+//! ([`super::args`]), applies them to the live table and answers with what ipvsadm would print
 //! and its exit status.
 //!
 //! Wire format (one request per connection, both directions plain bytes):
@@ -150,7 +150,8 @@ impl Server {
             if UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    format!("another nfvs daemon is listening on {} (one director per network namespace)", path.display()),
+                    // The caller names the path (daemon.rs: "control socket PATH: ...").
+                    "another nfvs daemon is listening on it (one director per network namespace)",
                 ));
             }
             fs::remove_file(path)?;
