@@ -10,16 +10,49 @@
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Lines the queue holds (a line is ~100-200 bytes: a few MB at most).
 pub const QUEUE_LINES: usize = 16_384;
+
+/// What goes to the writer thread.
+enum Msg {
+    /// A formatted line, and how many were lost just before it.
+    Line(u64, Vec<u8>),
+    /// Say when everything before this is written.
+    Flush(SyncSender<()>),
+}
+
+/// The queue's sending end, for [`flush`].
+static QUEUE: OnceLock<Mutex<SyncSender<Msg>>> = OnceLock::new();
+
+/// Waits (at most about two seconds) until every line logged so far is written: call it
+/// before the process exits, or the last lines could be lost with the writer thread.
+pub fn flush() {
+    let Some(tx) = QUEUE.get() else { return };
+    let tx = tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (done_tx, done_rx) = sync_channel(1);
+    let mut msg = Msg::Flush(done_tx);
+    for _ in 0..200 {
+        match tx.try_send(msg) {
+            Ok(()) => {
+                let _ = done_rx.recv_timeout(Duration::from_secs(2));
+                return;
+            }
+            Err(TrySendError::Full(m)) => msg = m,
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// Starts logging to stderr through the writer thread, with `RUST_LOG` (default `default`).
 pub fn init(default: &str) {
     let lost = Arc::new(AtomicU64::new(0));
     let (tx, rx) = sync_channel(QUEUE_LINES);
     let style = if std::io::stderr().is_terminal() { env_logger::WriteStyle::Always } else { env_logger::WriteStyle::Never };
+    let _ = QUEUE.set(Mutex::new(tx.clone()));
     let pipe = Pipe { tx, lost: lost.clone() };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .write_style(style)
@@ -31,12 +64,9 @@ pub fn init(default: &str) {
     }
 }
 
-/// A formatted line, and how many were lost just before it.
-type Line = (u64, Vec<u8>);
-
 /// The sending end env_logger writes each formatted record to (one `write_all` per record).
 struct Pipe {
-    tx: SyncSender<Line>,
+    tx: SyncSender<Msg>,
     /// Lines lost since the last one queued.
     lost: Arc<AtomicU64>,
 }
@@ -44,7 +74,7 @@ struct Pipe {
 impl Write for Pipe {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let before = self.lost.swap(0, Ordering::Relaxed);
-        match self.tx.try_send((before, buf.to_vec())) {
+        match self.tx.try_send(Msg::Line(before, buf.to_vec())) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.lost.fetch_add(before + 1, Ordering::Relaxed);
@@ -62,7 +92,7 @@ impl Write for Pipe {
 
 /// The writer thread: lines out in order, a note where lines were lost; a loss with no line
 /// after it (the burst ended) is reported within a second.
-fn write_out(rx: Receiver<Line>, lost: &AtomicU64, mut out: impl Write) {
+fn write_out(rx: Receiver<Msg>, lost: &AtomicU64, mut out: impl Write) {
     let note = |out: &mut dyn Write, n: u64| {
         if n > 0 {
             let _ = writeln!(
@@ -73,10 +103,15 @@ fn write_out(rx: Receiver<Line>, lost: &AtomicU64, mut out: impl Write) {
         }
     };
     loop {
-        match rx.recv_timeout(std::time::Duration::from_secs(1)) {
-            Ok((before, line)) => {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(Msg::Line(before, line)) => {
                 note(&mut out, before);
                 let _ = out.write_all(&line);
+            }
+            Ok(Msg::Flush(done)) => {
+                note(&mut out, lost.swap(0, Ordering::Relaxed));
+                let _ = out.flush();
+                let _ = done.send(());
             }
             Err(RecvTimeoutError::Timeout) => note(&mut out, lost.swap(0, Ordering::Relaxed)),
             Err(RecvTimeoutError::Disconnected) => return note(&mut out, lost.swap(0, Ordering::Relaxed)),
@@ -102,7 +137,7 @@ mod tests {
         assert_eq!(lost.load(Ordering::Relaxed), 3);
         // The writer catches up (here: takes one line), then more lines come.
         let first = rx.recv().unwrap();
-        assert_eq!(first, (0, b"line 0\n".to_vec()));
+        assert!(matches!(first, Msg::Line(0, ref l) if l == b"line 0\n"));
         pipe.write_all(b"line 5\n").unwrap();
         pipe.write_all(b"line 6\n").unwrap();
         assert_eq!(lost.load(Ordering::Relaxed), 1);

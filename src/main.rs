@@ -22,8 +22,12 @@ fn main() -> ExitCode {
         return adm("ipvsadm", None, argv.collect());
     }
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,mnl=info")).init();
-    match run(cli) {
+    nfvs::logging::init("info,mnl=info");
+    let result = run(cli);
+    // The log's writer thread ends with the process: what it still holds goes out first, and
+    // before the error line, which would otherwise overtake it.
+    nfvs::logging::flush();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("nfvs: error: {}", cli::error_line(&e));

@@ -68,3 +68,46 @@ fn the_drain_does_not_wait_for_half_open_connections() {
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(10), "stop took {took:?} (drain timeout 30 s); log:\n{}", d.log());
 }
+
+/// Issue 11 #3: warnings that traffic repeats once per packet used to be one line each (a
+/// flood wrote 100k+ WARN lines that RUST_LOG=warn keeps). They are one line per kind every
+/// 2 s, with the count held back; the per-connection decision lines stay (at info).
+#[test]
+fn repeated_warnings_are_aggregated() {
+    require_root();
+    let lab = Lab::up();
+    let rules = tmp_dir().join(format!("{}-w0.rules", lab.prefix()));
+    std::fs::write(&rules, "-A -t 192.168.199.200:80 -s wlc\n-a -t 192.168.199.200:80 -r 192.168.226.130:80 -m -w 0\n").unwrap();
+    let mut d = lab
+        .nfvs_with_rules(&rules)
+        .env("RUST_LOG", "warn")
+        .ready(Ready::Table { family: "ip".into(), name: "nfvs".into() })
+        .start()
+        .unwrap();
+    // 300 connections, each refused at once (ICMP port unreachable), within about a second.
+    let refused = lab.in_ns(Role::Client, || {
+        let vip = std::net::SocketAddr::from((VIP, 80));
+        (0..300)
+            .filter(|_| {
+                let r = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(2));
+                matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+            .count()
+    });
+    assert_eq!(refused, 300);
+    std::thread::sleep(Duration::from_secs(3));
+    d.stop(libc::SIGTERM, Duration::from_secs(10)).unwrap();
+    let _ = std::fs::remove_file(&rules);
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("no eligible real server") || l.contains("more connection(s) refused")).collect();
+    assert!((1..=4).contains(&lines.len()), "{} lines:\n{log}", lines.len());
+    // Every refusal is accounted for: a line itself, or in a count of the ones held back.
+    let count = |l: &str| -> u64 {
+        let held = |s: &str| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        if let Some(rest) = l.split("WARN  nfvs::events] ").nth(1).filter(|r| r.contains(" more connection(s) refused")) {
+            return held(rest);
+        }
+        1 + l.split(" [").nth(1).map(held).unwrap_or(0)
+    };
+    assert_eq!(lines.iter().map(|l| count(l)).sum::<u64>(), 300, "{log}");
+}

@@ -176,6 +176,7 @@ impl Shared {
     /// Runs the clean-up and exits: a fatal error of a thread that cannot go on.
     fn fail(&self, msg: std::fmt::Arguments<'_>) -> ! {
         self.cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
+        crate::logging::flush();
         eprintln!("nfvs: error: {msg}");
         std::process::exit(1);
     }

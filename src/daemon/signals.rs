@@ -26,6 +26,7 @@ pub(super) fn run(sh: &Shared, signals: Signals) {
             }
             continue;
         }
+        crate::events::flush_repeats(true);
         info!("signal {sig}: stopping; {}", sh.loop_stats.summary());
         stop(sh, &signals);
     }
@@ -80,6 +81,7 @@ fn stop(sh: &Shared, signals: &Signals) -> ! {
     }
     sh.cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
     info!("stopped");
+    crate::logging::flush();
     std::process::exit(0);
 }
 

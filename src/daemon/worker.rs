@@ -8,13 +8,15 @@
 //! live: a retransmission or a quick reuse) is looked up after the lock is released and
 //! decided under a second lock, so no netlink round trip ever runs under the lock.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use log::debug;
 
 use super::{LoopStats, Shared};
 use crate::engine::{Answers, Balanced, Decision, Engine, Lookup, LookupResult, NoLookup};
-use crate::events::Event;
+use crate::events::{Event, Repeat};
+use crate::kernel::os;
 use crate::kernel::conntrack::{append_create, append_delete, Conntrack};
 use crate::kernel::nfqueue::{parse_datagram, Msg, Outbox, Queue, QueueError, Verdict, BATCH};
 use crate::model::Tuple;
@@ -137,8 +139,11 @@ impl Batch {
                 LoopStats::bump(&ls.not_ours);
                 Verdict::Accept
             }
-            Decision::Martian => {
+            Decision::Martian { client, vip } => {
                 LoopStats::bump(&ls.martians);
+                if let SocketAddr::V4(vip) = vip {
+                    Event::Martian { client, vip }.emit();
+                }
                 Verdict::Drop
             }
             Decision::Retransmit { client, vip } => {
@@ -149,6 +154,7 @@ impl Batch {
             Decision::Refuse { client, vip, sched } => {
                 LoopStats::bump(&ls.no_dest);
                 Event::Refused { client, vip, sched }.emit();
+                Event::NoEligible { vip, sched }.emit();
                 self.refuse.push(id);
                 Verdict::Drop
             }
@@ -300,6 +306,15 @@ impl Worker {
             Overload::Drop => "the SYN was dropped by our nat_pre guard rule; the client will retry it",
             Overload::Fallback => "the SYN went to the kernel fallback rule",
         };
+        if errno == libc::ENOMEM {
+            // ctnetlink's create fails so when the table is at nf_conntrack_max
+            // (nf_conntrack_alloc): say so, with the numbers, once per interval.
+            if let Some(held) = Repeat::TableFull.admit() {
+                let (count, max) = (os::netfilter_sysctl("nf_conntrack_count"), os::netfilter_sysctl("nf_conntrack_max"));
+                Event::TableFull { client, vip, count, max }.emit_admitted(held);
+            }
+            return;
+        }
         if errno != libc::EEXIST {
             let err = std::io::Error::from_raw_os_error(errno);
             return Event::CreateFailed { client, vip, rs, err, fate }.emit();

@@ -71,7 +71,7 @@ pub enum Decision {
     /// A source no real connection can have (loopback, unspecified, broadcast, multicast, or
     /// the VIP itself): drop it, silently. The kernel drops such martians in routing, before
     /// IPVS ever sees them; nfvs's divert rule runs before routing, so it must do the same.
-    Martian,
+    Martian { client: SocketAddr, vip: SocketAddr },
     /// No eligible real server: drop it and answer ICMP port unreachable, as IPVS does.
     Refuse { client: SocketAddr, vip: SocketAddrV4, sched: &'static str },
     /// Scheduled: delete the finished old entry first if `delete_first` (a reused source
@@ -142,7 +142,7 @@ impl Engine {
     /// The decision for the SYN that opens `flow`, at daemon time `now`.
     pub fn decide(&mut self, flow: Tuple, now: Duration, lookup: &mut dyn Lookup) -> Decision {
         if is_martian(&flow) {
-            return Decision::Martian;
+            return Decision::Martian { client: flow.client(), vip: flow.server() };
         }
         // Whether an earlier connection with this tuple has finished: its entry must be
         // deleted first (a reused source port, design.md fact 6).

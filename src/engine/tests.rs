@@ -310,7 +310,7 @@ fn martian_sources_are_dropped_unscheduled() {
     let mut e = engine(LAB);
     for src in ["127.0.0.1", "127.9.9.9", "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1", "192.168.199.200"] {
         let f = Tuple { src: src.parse().unwrap(), ..flow(1000) };
-        assert_eq!(e.decide(f, T0, &mut NoLookup), Decision::Martian, "{src}");
+        assert!(matches!(e.decide(f, T0, &mut NoLookup), Decision::Martian { .. }), "{src}");
     }
     assert_eq!((conns_stat(&e), e.conns.len()), (0, 0));
     // A neighbour of each is a client like any other.
