@@ -23,3 +23,4 @@ pub mod ruleset;
 pub mod sched;
 pub mod service;
 pub mod stats;
+pub mod wire;

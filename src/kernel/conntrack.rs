@@ -23,25 +23,19 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::io::{AsRawFd, RawFd};
 
-use super::nlmsg::{
-    self, align4, setsockopt_int, finish, nest_end, nest_start, put_attr, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN,
-    NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
-};
+use super::socket::{self, recv_mnl, setsockopt_int, RecvBuf};
 use crate::model::{CtCounters, CtEntry, CtEvent, CtEventKind, CtMapping, Protocol, TcpState, Tuple};
+use crate::wire::netlink::{
+    self, be_u16, be_u32, errno_of, finish, first_message, nest_end, nest_start, nlmsgerr, put_attr, Attrs, Malformed,
+    Message, Messages, NFGENMSG_LEN, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Wire constants. Netlink/nfnetlink ones come from libc; the ctnetlink enums are not in libc and
 // are copied from include/uapi/linux/netfilter/nfnetlink_conntrack.h.
 // ---------------------------------------------------------------------------------------------
 
-
-const NLM_F_MULTI: u16 = libc::NLM_F_MULTI as u16;
-const NLM_F_DUMP: u16 = libc::NLM_F_DUMP as u16;
-const NLM_F_EXCL: u16 = libc::NLM_F_EXCL as u16;
-const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
-const NLMSG_NOOP: u16 = libc::NLMSG_NOOP as u16;
-const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
-const NLMSG_OVERRUN: u16 = libc::NLMSG_OVERRUN as u16;
 
 const AF_INET: u8 = libc::AF_INET as u8;
 const AF_INET6: u8 = libc::AF_INET6 as u8;
@@ -179,6 +173,12 @@ pub enum CtError {
     NotOurs(&'static str),
 }
 
+impl From<Malformed> for CtError {
+    fn from(m: Malformed) -> CtError {
+        CtError::Malformed(m.0)
+    }
+}
+
 impl CtEventKind {
     /// The nfnetlink multicast group that carries this kind (`enum nfnetlink_groups`).
     fn group(self) -> u32 {
@@ -299,7 +299,7 @@ pub fn build_dump_to(buf: &mut Vec<u8>, seq: u32, proto: Protocol, dst: IpAddr, 
 
 /// Starts a ctnetlink message of address family `family` (res_id is unused by ctnetlink).
 fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32, family: u8) -> usize {
-    nlmsg::begin(buf, NFNL_SUBSYS_CTNETLINK, op, flags, seq, family, 0)
+    netlink::begin(buf, NFNL_SUBSYS_CTNETLINK, op, flags, seq, family, 0)
 }
 
 /// The nfgenmsg family of a tuple: its addresses' (both are of one family, model::Tuple).
@@ -343,117 +343,24 @@ fn put_tuple(buf: &mut Vec<u8>, ty: u16, t: &Tuple) {
 // Parsing (pure, panic-free): every read goes through `get`, every length is checked once.
 // ---------------------------------------------------------------------------------------------
 
-/// One netlink message: the header fields we use and its bytes.
-struct NlMsg<'a> {
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    /// The whole message, header included.
-    raw: &'a [u8],
-    /// What follows the 16-byte header.
-    payload: &'a [u8],
+fn u16_attr(p: &[u8]) -> Result<u16, CtError> {
+    be_u16(p).ok_or(CtError::Malformed("short u16 attribute"))
 }
 
-/// The netlink messages in one datagram (`NLMSG_OK` / `NLMSG_NEXT`, without alignment needs).
-struct NlMsgs<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> NlMsgs<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        NlMsgs { rest: buf }
-    }
-}
-
-impl<'a> Iterator for NlMsgs<'a> {
-    type Item = Result<NlMsg<'a>, CtError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let rest = std::mem::take(&mut self.rest);
-        let len = match read_ne_u32(rest, 0) {
-            Some(len) => len as usize,
-            None => return Some(Err(CtError::Malformed("truncated netlink header"))),
-        };
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            return Some(Err(CtError::Malformed("netlink message length out of bounds")));
-        }
-        let (raw, tail) = rest.split_at(len);
-        // The next message starts at NLMSG_ALIGN(len); the last one may omit its padding.
-        self.rest = tail.get(align4(len) - len..).unwrap_or(&[]);
-        Some(Ok(NlMsg {
-            ty: read_ne_u16(raw, 4).unwrap_or(0),
-            flags: read_ne_u16(raw, 6).unwrap_or(0),
-            seq: read_ne_u32(raw, 8).unwrap_or(0),
-            raw,
-            payload: raw.get(NLMSG_HDRLEN..).unwrap_or(&[]),
-        }))
-    }
-}
-
-/// The attributes in a stream of `struct nlattr` (`nla_for_each_attr`): (type without the
-/// NESTED/BYTEORDER flags, payload without padding).
-struct Attrs<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Attrs<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Attrs { rest: buf }
-    }
-}
-
-impl<'a> Iterator for Attrs<'a> {
-    type Item = Result<(u16, &'a [u8]), CtError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let rest = std::mem::take(&mut self.rest);
-        let (len, ty) = match (read_ne_u16(rest, 0), read_ne_u16(rest, 2)) {
-            (Some(len), Some(ty)) => (usize::from(len), ty & NLA_TYPE_MASK),
-            _ => return Some(Err(CtError::Malformed("truncated attribute header"))),
-        };
-        if len < NLA_HDRLEN || len > rest.len() {
-            return Some(Err(CtError::Malformed("attribute length out of bounds")));
-        }
-        let (attr, tail) = rest.split_at(len);
-        self.rest = tail.get(align4(len) - len..).unwrap_or(&[]);
-        Some(Ok((ty, attr.get(NLA_HDRLEN..).unwrap_or(&[]))))
-    }
-}
-
-fn read_ne_u16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-
-fn read_ne_u32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-
-fn be_u16(p: &[u8]) -> Result<u16, CtError> {
-    let b = p.get(..2).ok_or(CtError::Malformed("short u16 attribute"))?;
-    Ok(u16::from_be_bytes([b[0], b[1]]))
-}
-
-fn be_u32(p: &[u8]) -> Result<u32, CtError> {
-    let b = p.get(..4).ok_or(CtError::Malformed("short u32 attribute"))?;
-    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+fn u32_attr(p: &[u8]) -> Result<u32, CtError> {
+    be_u32(p).ok_or(CtError::Malformed("short u32 attribute"))
 }
 
 /// A counter: u64 (`CTA_COUNTERS_*`), or u32 for the old `CTA_COUNTERS32_*`.
 fn be_counter(p: &[u8]) -> Result<u64, CtError> {
     match p.get(..8) {
         Some(b) => Ok(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
-        None => be_u32(p).map(u64::from),
+        None => u32_attr(p).map(u64::from),
     }
 }
 
 fn ipv4(p: &[u8]) -> Result<IpAddr, CtError> {
-    be_u32(p).map(|a| Ipv4Addr::from(a).into())
+    u32_attr(p).map(|a| Ipv4Addr::from(a).into())
 }
 
 fn ipv6(p: &[u8]) -> Result<IpAddr, CtError> {
@@ -465,21 +372,15 @@ fn ipv6(p: &[u8]) -> Result<IpAddr, CtError> {
 /// (netlink header included; only the first message in `msg` is read). Attributes nfvs does
 /// not use are skipped. Entries of another family answer [`CtError::NotIpv4`].
 pub fn parse_entry(msg: &[u8]) -> Result<CtEntry, CtError> {
-    let m = first_msg(msg)?;
-    entry_from_msg(&m)
+    entry_from_msg(&first_message(msg)?)
 }
 
 /// Parses one conntrack event message (as [`parse_entry`], plus its kind).
 pub fn parse_event(msg: &[u8]) -> Result<CtEvent, CtError> {
-    let m = first_msg(msg)?;
-    event_from_msg(&m)
+    event_from_msg(&first_message(msg)?)
 }
 
-fn first_msg(msg: &[u8]) -> Result<NlMsg<'_>, CtError> {
-    NlMsgs::new(msg).next().unwrap_or(Err(CtError::Malformed("empty buffer")))
-}
-
-fn event_from_msg(m: &NlMsg<'_>) -> Result<CtEvent, CtError> {
+fn event_from_msg(m: &Message<'_>) -> Result<CtEvent, CtError> {
     // ctnetlink_conntrack_event: DESTROY is IPCTNL_MSG_CT_DELETE; NEW is IPCTNL_MSG_CT_NEW with
     // NLM_F_CREATE|NLM_F_EXCL; any other change is IPCTNL_MSG_CT_NEW without them.
     let kind = match ct_msg_op(m.ty) {
@@ -496,7 +397,7 @@ fn ct_msg_op(ty: u16) -> Option<u16> {
     (ty >> 8 == NFNL_SUBSYS_CTNETLINK).then_some(ty & 0xff)
 }
 
-fn entry_from_msg(m: &NlMsg<'_>) -> Result<CtEntry, CtError> {
+fn entry_from_msg(m: &Message<'_>) -> Result<CtEntry, CtError> {
     // Entries come as IPCTNL_MSG_CT_NEW (GET answers, dumps, NEW/UPDATE events: see
     // ctnetlink_fill_info) or IPCTNL_MSG_CT_DELETE (DESTROY events).
     if !matches!(ct_msg_op(m.ty), Some(IPCTNL_MSG_CT_NEW | IPCTNL_MSG_CT_DELETE)) {
@@ -523,11 +424,11 @@ fn parse_entry_attrs(attrs: &[u8]) -> Result<CtEntry, CtError> {
         match ty {
             CTA_TUPLE_ORIG => orig = Some(parse_tuple(p)?),
             CTA_TUPLE_REPLY => reply = Some(parse_tuple(p)?),
-            CTA_STATUS => status = be_u32(p)?,
+            CTA_STATUS => status = u32_attr(p)?,
             CTA_PROTOINFO => tcp_state = parse_protoinfo(p)?,
-            CTA_TIMEOUT => timeout = Some(be_u32(p)?),
-            CTA_MARK => mark = be_u32(p)?,
-            CTA_ID => id = Some(be_u32(p)?),
+            CTA_TIMEOUT => timeout = Some(u32_attr(p)?),
+            CTA_MARK => mark = u32_attr(p)?,
+            CTA_ID => id = Some(u32_attr(p)?),
             CTA_COUNTERS_ORIG => counters_orig = Some(parse_counters(p)?),
             CTA_COUNTERS_REPLY => counters_reply = Some(parse_counters(p)?),
             _ => {} // CTA_USE, CTA_SYNPROXY, CTA_ZONE, ...: not needed, skipped
@@ -569,8 +470,8 @@ fn parse_tuple(p: &[u8]) -> Result<Tuple, CtError> {
                             proto =
                                 Some(*v.first().ok_or(CtError::Malformed("empty CTA_PROTO_NUM"))?)
                         }
-                        (CTA_PROTO_SRC_PORT, v) => sport = be_u16(v)?,
-                        (CTA_PROTO_DST_PORT, v) => dport = be_u16(v)?,
+                        (CTA_PROTO_SRC_PORT, v) => sport = u16_attr(v)?,
+                        (CTA_PROTO_DST_PORT, v) => dport = u16_attr(v)?,
                         _ => {}
                     }
                 }
@@ -637,7 +538,7 @@ fn handle_datagram(
     single: bool,
     on_entry: &mut dyn FnMut(&[u8]) -> Result<(), CtError>,
 ) -> Result<Option<Answer>, CtError> {
-    for m in NlMsgs::new(buf) {
+    for m in Messages::new(buf) {
         let m = m?;
         if m.seq != seq {
             continue;
@@ -645,16 +546,13 @@ fn handle_datagram(
         match m.ty {
             NLMSG_NOOP => {}
             NLMSG_ERROR => {
-                // struct nlmsgerr: int error (negative errno, 0 = ack), then the request header.
-                let err = read_ne_u32(m.payload, 0)
-                    .ok_or(CtError::Malformed("truncated nlmsgerr"))?
-                    as i32;
-                return Ok(Some(if err == 0 { Answer::Done } else { Answer::Errno(err.saturating_neg()) }));
+                let errno = nlmsgerr(&m)?;
+                return Ok(Some(if errno == 0 { Answer::Done } else { Answer::Errno(errno) }));
             }
             NLMSG_DONE => {
                 // A dump ends with NLMSG_DONE carrying an int: 0, or the error that cut it short.
-                let err = read_ne_u32(m.payload, 0).map_or(0, |e| e as i32);
-                return Ok(Some(if err < 0 { Answer::Errno(err.saturating_neg()) } else { Answer::Done }));
+                let err = netlink::ne_u32(m.payload, 0).map_or(0, |e| e as i32);
+                return Ok(Some(if err < 0 { Answer::Errno(errno_of(err)) } else { Answer::Done }));
             }
             NLMSG_OVERRUN => return Err(CtError::Malformed("NLMSG_OVERRUN")),
             _ => {
@@ -676,57 +574,8 @@ fn handle_datagram(
 // Sockets.
 // ---------------------------------------------------------------------------------------------
 
-/// A receive buffer aligned for `struct nlmsghdr`, which `mnl::Socket::recv_raw` requires.
-struct RecvBuf {
-    words: Box<[u32]>,
-}
-
-impl RecvBuf {
-    fn new(bytes: usize) -> Self {
-        RecvBuf { words: vec![0u32; bytes / 4].into_boxed_slice() }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: u8 has alignment 1 and every bit pattern is valid; the slice covers exactly
-        // the words' memory and lives no longer than the borrow of `self`.
-        unsafe {
-            std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.words.len() * 4)
-        }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`; the mutable borrow of `self` makes the slice unique.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.words.as_mut_ptr().cast::<u8>(),
-                self.words.len() * 4,
-            )
-        }
-    }
-}
-
-/// recv that retries when a signal interrupts it.
-fn recv_retry(sock: &mnl::Socket, rx: &mut RecvBuf) -> io::Result<usize> {
-    loop {
-        match sock.recv_raw(rx.bytes_mut()) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
 fn send_all(sock: &mnl::Socket, msg: &[u8], op: Op) -> Result<(), CtError> {
-    loop {
-        match sock.send(msg) {
-            Ok(n) if n == msg.len() => return Ok(()),
-            Ok(_) => {
-                let source = io::Error::new(io::ErrorKind::WriteZero, "short netlink send");
-                return Err(CtError::Send { op, source });
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(CtError::Send { op, source }),
-        }
-    }
+    socket::send_all(sock.as_raw_fd(), msg).map_err(|source| CtError::Send { op, source })
 }
 
 /// One NETLINK_NETFILTER socket for ctnetlink requests, with buffers reused across calls:
@@ -840,7 +689,7 @@ impl Conntrack {
     ) -> Result<Answer, CtError> {
         send_all(&self.sock, &self.tx, op)?;
         loop {
-            let n = recv_retry(&self.sock, &mut self.rx)
+            let n = recv_mnl(&self.sock, &mut self.rx)
                 .map_err(|source| CtError::Recv { op, source })?;
             let datagram = self.rx.bytes().get(..n).unwrap_or(&[]);
             if let Some(answer) = handle_datagram(datagram, seq, single, on_entry)? {
@@ -904,7 +753,7 @@ impl CtEvents {
     /// the queue has been read empty (`NETLINK_S_CONGESTED`, cleared in `netlink_rcv_wake`,
     /// net/netlink/af_netlink.c): keep reading, then resynchronise with a dump.
     pub fn recv(&mut self, out: &mut Vec<CtEvent>) -> Result<(), CtError> {
-        let n = match recv_retry(&self.sock, &mut self.rx) {
+        let n = match recv_mnl(&self.sock, &mut self.rx) {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(CtError::EventsLost),
             Err(source) => return Err(CtError::Recv { op: Op::Events, source }),
@@ -948,7 +797,7 @@ impl CtEvents {
 
 /// Appends the IPv4 conntrack events in one datagram to `out` (other families are skipped).
 fn push_events(data: &[u8], out: &mut Vec<CtEvent>) -> Result<(), CtError> {
-    for m in NlMsgs::new(data) {
+    for m in Messages::new(data) {
         let m = m?;
         if ct_msg_op(m.ty).is_none() {
             continue; // NLMSG_NOOP and the like
@@ -974,7 +823,7 @@ impl AsRawFd for CtEvents {
 mod tests {
     use std::net::SocketAddr;
 
-    use crate::kernel::nlmsg::NLA_F_NESTED;
+    use crate::wire::netlink::{align4, ne_u32, NLA_F_NESTED, NLA_TYPE_MASK, NLMSG_HDRLEN};
 
     use proptest::prelude::*;
 
@@ -1379,7 +1228,7 @@ mod tests {
                 exercise(&msg[..n]);
                 // A cut inside the first message (whose header still claims its full length)
                 // must be an error, never a partial entry.
-                let first_len = read_ne_u32(&msg, 0).map_or(0, |l| l as usize);
+                let first_len = ne_u32(&msg, 0).map_or(0, |l| l as usize);
                 if n < first_len {
                     assert!(parse_entry(&msg[..n]).is_err());
                 }

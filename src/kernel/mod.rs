@@ -28,5 +28,5 @@ pub mod conntrack;
 pub mod mmsg;
 pub mod nfqueue;
 pub mod nftables;
-pub mod nlmsg;
+pub mod socket;
 pub mod sysctl;

@@ -29,8 +29,10 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::mmsg::RecvBatch;
-use super::nlmsg::{
-    self, finish, put_attr, setsockopt_int, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
+use super::socket::{send_all, setsockopt_int};
+use crate::wire::netlink::{
+    self, be_u32, finish, nlmsgerr, put_attr, Attrs, Message, Messages, NFGENMSG_LEN, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_REQUEST,
 };
 
 /// Packets (and error answers) read per `recvmmsg` at most.
@@ -159,62 +161,49 @@ impl Outbox {
 
 /// `nlmsghdr` + `nfgenmsg { AF_UNSPEC, NFNETLINK_V0, res_id = htons(queue) }`.
 fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32, queue: u16) -> usize {
-    nlmsg::begin(buf, NFNL_SUBSYS_QUEUE, op, flags, seq, libc::AF_UNSPEC as u8, queue)
+    netlink::begin(buf, NFNL_SUBSYS_QUEUE, op, flags, seq, libc::AF_UNSPEC as u8, queue)
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Splits one datagram into its netlink messages and reads each (pure; never panics).
+/// Splits one datagram into its netlink messages and reads each (pure; never panics). A
+/// message that does not fit the datagram ends it, reported as [`Msg::Unexpected`] with the
+/// type its header claims (0 when not even that is there).
 pub fn parse_datagram(data: &[u8], mut f: impl FnMut(Msg<'_>)) {
-    let mut off = 0;
-    while let (Some(len), Some(ty)) = (u32_at(data, off), u16_at(data, off + 4)) {
-        let len = len as usize;
-        if len < NLMSG_HDRLEN || off + len > data.len() {
-            f(Msg::Unexpected { ty });
-            return;
+    let mut msgs = Messages::new(data);
+    loop {
+        let rest = msgs.rest();
+        match msgs.next() {
+            None => return,
+            Some(Ok(m)) => f(parse_msg(&m)),
+            Some(Err(_)) => f(Msg::Unexpected { ty: netlink::ne_u16(rest, 4).unwrap_or(0) }),
         }
-        let msg = &data[off..off + len];
-        f(parse_msg(msg, ty));
-        off += (len + 3) & !3;
     }
 }
 
-fn parse_msg(msg: &[u8], ty: u16) -> Msg<'_> {
-    if ty == NLMSG_ERROR {
-        // struct nlmsgerr { int error; struct nlmsghdr msg; }: the header's seq is the request's.
-        let seq = u32_at(msg, 8).unwrap_or(0);
-        let error = u32_at(msg, NLMSG_HDRLEN).map(|e| e as i32).unwrap_or(0);
-        return Msg::Error { seq, errno: -error };
+fn parse_msg<'a>(m: &Message<'a>) -> Msg<'a> {
+    if m.ty == NLMSG_ERROR {
+        // The header's seq is the request's (netlink_ack).
+        return match nlmsgerr(m) {
+            Ok(errno) => Msg::Error { seq: m.seq, errno },
+            Err(_) => Msg::Unexpected { ty: m.ty },
+        };
     }
-    if ty != (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
-        return Msg::Unexpected { ty };
+    if m.ty != (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
+        return Msg::Unexpected { ty: m.ty };
     }
     let (mut id, mut payload) = (None, None);
-    let mut off = NLMSG_HDRLEN + NFGENMSG_LEN;
-    while let (Some(alen), Some(aty)) = (u16_at(msg, off), u16_at(msg, off + 2)) {
-        let alen = usize::from(alen);
-        if alen < NLA_HDRLEN || off + alen > msg.len() {
-            break;
-        }
-        let value = &msg[off + NLA_HDRLEN..off + alen];
-        match aty & NLA_TYPE_MASK {
+    // An attribute that does not fit ends the walk; what came before it still counts.
+    for (ty, value) in Attrs::new(m.payload.get(NFGENMSG_LEN..).unwrap_or(&[])).map_while(Result::ok) {
+        match ty {
             // struct nfqnl_msg_packet_hdr { __be32 packet_id; __be16 hw_protocol; __u8 hook; }
-            NFQA_PACKET_HDR => id = value.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            NFQA_PACKET_HDR => id = be_u32(value),
             NFQA_PAYLOAD => payload = Some(value),
             _ => {}
         }
-        off += (alen + 3) & !3;
     }
     match (id, payload) {
         // A packet without payload still needs its verdict, or the kernel holds it forever.
         (Some(id), payload) => Msg::Packet { id, payload: payload.unwrap_or(&[]) },
-        (None, _) => Msg::Unexpected { ty },
+        (None, _) => Msg::Unexpected { ty: m.ty },
     }
 }
 
@@ -315,21 +304,7 @@ impl Queue {
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<()> {
-        loop {
-            // SAFETY: sends `buf` to the kernel (a zeroed sockaddr_nl = pid 0).
-            let r = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-            if r >= 0 {
-                return if r as usize == buf.len() {
-                    Ok(())
-                } else {
-                    Err(io::Error::new(io::ErrorKind::WriteZero, "short netlink send"))
-                };
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        send_all(self.fd.as_raw_fd(), buf)
     }
 
     /// Sends everything in `out` in one `sendmsg`, then clears it. The kernel runs the
@@ -429,6 +404,39 @@ mod tests {
             n += 1;
         });
         assert_eq!(n, 1);
+    }
+
+    fn error_msg(seq: u32, error: i32) -> Vec<u8> {
+        let mut e = Vec::new();
+        e.extend_from_slice(&36u32.to_ne_bytes()); // nlmsg_len: header + nlmsgerr
+        e.extend_from_slice(&NLMSG_ERROR.to_ne_bytes()); // nlmsg_type
+        e.extend_from_slice(&0u16.to_ne_bytes()); // nlmsg_flags
+        e.extend_from_slice(&seq.to_ne_bytes()); // nlmsg_seq: the failed request's
+        e.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel
+        e.extend_from_slice(&error.to_ne_bytes()); // error: negative errno
+        e.extend_from_slice(&[0; 16]); // the request's header (NETLINK_CAP_ACK: no payload)
+        e
+    }
+
+    /// The case conntrack's test of the same name was written for: this parser's plain
+    /// `-error` overflowed on it (a panic in a debug build) until it used `wire::netlink`.
+    #[test]
+    fn nlmsgerr_with_i32_min_is_an_errno_not_a_panic() {
+        let mut got = Vec::new();
+        parse_datagram(&error_msg(5, i32::MIN), |m| got.push(format!("{m:?}")));
+        assert_eq!(got, [format!("Error {{ seq: 5, errno: {} }}", i32::MAX)]);
+    }
+
+    /// An error answer cut before its error code is not an acknowledgement (it read as errno
+    /// 0, an ack, before).
+    #[test]
+    fn a_cut_error_answer_is_not_an_ack() {
+        let mut e = error_msg(5, -libc::EPERM);
+        e.truncate(18);
+        e[..4].copy_from_slice(&18u32.to_ne_bytes());
+        let mut got = Vec::new();
+        parse_datagram(&e, |m| got.push(format!("{m:?}")));
+        assert_eq!(got, ["Unexpected { ty: 2 }"]);
     }
 
     /// A packet the kernel sent without payload (copy range 0) still gets its verdict.

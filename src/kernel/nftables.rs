@@ -28,8 +28,10 @@ use nftnl::expr::Expression;
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 use nftnl_sys::{self as sys, libc};
 
+use super::socket::{self, recv_mnl, setsockopt, setsockopt_int, RecvBuf};
 use crate::ruleset::{Cidr, Divert, QueueSpec, Ruleset, RulesetError};
 use crate::service::Protocol;
+use crate::wire::netlink::{self, nlmsgerr, Message, Messages, NLMSG_DONE, NLMSG_ERROR, NLM_F_DUMP_INTR};
 
 /// How the divert rule hands packets to NFQUEUE on this kernel (design.md fact 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -868,28 +870,15 @@ fn cap_net_admin() -> Option<bool> {
     Some(caps & (1 << CAP_NET_ADMIN) != 0)
 }
 
-/// Receive buffer aligned for `nlmsghdr` (mnl requires it), large enough for any netlink
-/// message (nftnl's `nft_nlmsg_maxsize`).
-struct RecvBuf(Vec<u64>);
-
-impl RecvBuf {
-    fn new() -> RecvBuf {
-        RecvBuf(vec![0; (nftnl::nft_nlmsg_maxsize() as usize).div_ceil(8)])
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        let len = self.0.len() * 8;
-        // SAFETY: the Vec owns `len` initialised bytes; u8 has no alignment requirement.
-        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), len) }
-    }
+/// A receive buffer large enough for any netlink message (nftnl's `nft_nlmsg_maxsize`).
+fn recv_buf() -> RecvBuf {
+    RecvBuf::new(nftnl::nft_nlmsg_maxsize() as usize)
 }
 
 /// One nfnetlink socket, opened in the calling thread's network namespace.
 struct NlSocket {
     sock: mnl::Socket,
 }
-
-const NLMSG_HDRLEN: usize = std::mem::size_of::<libc::nlmsghdr>();
 
 impl NlSocket {
     fn open(op: Op) -> Result<NlSocket, NftError> {
@@ -899,25 +888,6 @@ impl NlSocket {
 
     fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
-    }
-
-    fn setsockopt_int(&self, opt: i32, value: usize) -> io::Result<()> {
-        let v = libc::c_int::try_from(value).unwrap_or(libc::c_int::MAX);
-        // SAFETY: a valid fd and a pointer to a c_int of the size given.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast::<c_void>(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
     }
 
     /// Send every page of the batch in ONE sendmsg: the kernel handles a batch only within a
@@ -938,7 +908,8 @@ impl NlSocket {
         let n_msgs = total / 64 + 16;
         for (opt, size) in [(libc::SO_SNDBUFFORCE, total + 65536), (libc::SO_RCVBUFFORCE, n_msgs * 2048)] {
             if size > DEFAULT_BUF {
-                if let Err(e) = self.setsockopt_int(opt, size) {
+                let v = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+                if let Err(e) = setsockopt_int(self.fd(), libc::SOL_SOCKET, opt, v) {
                     log::debug!("{op}: cannot grow socket buffer to {size}: {e}");
                 }
             }
@@ -975,10 +946,10 @@ impl NlSocket {
     /// autoloading included), so a non-blocking read finds them all. Blocking instead would
     /// wait forever for the batch-end ack of a refused batch, which is never sent.
     fn drain_acks(&self, op: Op) -> Result<Vec<(u32, i32)>, NftError> {
-        let mut buf = RecvBuf::new();
+        let mut buf = recv_buf();
         let mut acks = Vec::new();
         loop {
-            let bytes = buf.bytes();
+            let bytes = buf.bytes_mut();
             // SAFETY: `bytes` is a writable buffer of the length given.
             let n = unsafe {
                 libc::recv(self.fd(), bytes.as_mut_ptr().cast::<c_void>(), bytes.len(), libc::MSG_DONTWAIT)
@@ -997,12 +968,7 @@ impl NlSocket {
                     _ => return Err(NftError::Socket { op, source: e }),
                 }
             }
-            for msg in split_messages(&bytes[..n as usize]) {
-                let msg = msg.map_err(|detail| NftError::Protocol { op, detail })?;
-                if let Some(ack) = parse_ack(msg).map_err(|detail| NftError::Protocol { op, detail })? {
-                    acks.push(ack);
-                }
-            }
+            acks.extend(parse_acks(&bytes[..n as usize]).map_err(|m| NftError::Protocol { op, detail: m.to_string() })?);
         }
     }
 
@@ -1018,101 +984,50 @@ impl NlSocket {
         // A dump is answered as we read (netlink_recvmsg runs the dump callback), so these
         // reads block; the timeout guards against a kernel that never sends NLMSG_DONE.
         let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
-        // SAFETY: a valid fd and a pointer to a timeval of the size given.
-        unsafe {
-            libc::setsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast::<c_void>(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
+        if let Err(e) = setsockopt(self.fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv) {
+            log::debug!("{op}: cannot set a receive timeout: {e}");
         }
-        let sent = self.sock.send(request).map_err(|source| NftError::Socket { op, source })?;
-        if sent != request.len() {
-            return Err(NftError::Protocol { op, detail: "dump request was cut short".into() });
-        }
-        let mut buf = RecvBuf::new();
+        socket::send_all(self.fd(), request).map_err(|source| NftError::Socket { op, source })?;
+        let mut buf = recv_buf();
         let mut intact = true;
+        let malformed = |m: netlink::Malformed| NftError::Protocol { op, detail: m.to_string() };
         loop {
-            let n = match self.sock.recv_raw(buf.bytes()) {
+            let n = match recv_mnl(&self.sock, &mut buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(NftError::MissingAck { op, what: "the end of the dump".into() })
                 }
                 Err(source) => return Err(NftError::Socket { op, source }),
             };
-            let bytes = &buf.bytes()[..n];
-            for msg in split_messages(bytes) {
-                let msg = msg.map_err(|detail| NftError::Protocol { op, detail })?;
-                let hdr =
-                    header(msg).ok_or_else(|| NftError::Protocol { op, detail: "short message".into() })?;
-                if hdr.nlmsg_flags & libc::NLM_F_DUMP_INTR as u16 != 0 {
+            for msg in Messages::new(buf.bytes().get(..n).unwrap_or(&[])) {
+                let msg = msg.map_err(malformed)?;
+                if msg.flags & NLM_F_DUMP_INTR != 0 {
                     intact = false;
                 }
-                match i32::from(hdr.nlmsg_type) {
-                    libc::NLMSG_DONE => return Ok(intact),
-                    libc::NLMSG_ERROR => {
-                        if let Some((_, errno)) =
-                            parse_ack(msg).map_err(|detail| NftError::Protocol { op, detail })?
-                        {
-                            if errno != 0 {
-                                return Err(kernel_error(op, "the dump request".into(), errno));
-                            }
-                        }
-                    }
-                    _ => each(msg)?,
+                match msg.ty {
+                    NLMSG_DONE => return Ok(intact),
+                    NLMSG_ERROR => match nlmsgerr(&msg).map_err(malformed)? {
+                        0 => {}
+                        errno => return Err(kernel_error(op, "the dump request".into(), errno)),
+                    },
+                    _ => each(msg.raw)?,
                 }
             }
         }
     }
 }
 
-/// Split a receive buffer into netlink messages, checking each length once.
-fn split_messages(mut buf: &[u8]) -> impl Iterator<Item = Result<&[u8], String>> {
-    std::iter::from_fn(move || {
-        if buf.is_empty() {
-            return None;
+/// The acknowledgements in one datagram, as `(seq, errno)` with errno 0 for an ack; messages
+/// of other types are skipped.
+fn parse_acks(datagram: &[u8]) -> Result<Vec<(u32, i32)>, netlink::Malformed> {
+    let mut acks = Vec::new();
+    for m in Messages::new(datagram) {
+        let m: Message<'_> = m?;
+        if m.ty == NLMSG_ERROR {
+            acks.push((m.seq, nlmsgerr(&m)?));
         }
-        let Some(len) = buf.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize) else {
-            buf = &[];
-            return Some(Err("truncated netlink header".to_string()));
-        };
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            let e = format!("bad netlink message length {len} (have {} bytes)", buf.len());
-            buf = &[];
-            return Some(Err(e));
-        }
-        let (msg, rest) = buf.split_at(len);
-        // Messages are padded to 4 bytes (NLMSG_ALIGN); the last one may not be.
-        buf = rest.get(len.next_multiple_of(4) - len..).unwrap_or(&[]);
-        Some(Ok(msg))
-    })
-}
-
-fn header(msg: &[u8]) -> Option<libc::nlmsghdr> {
-    let b = msg.get(..NLMSG_HDRLEN)?;
-    Some(libc::nlmsghdr {
-        nlmsg_len: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        nlmsg_type: u16::from_ne_bytes([b[4], b[5]]),
-        nlmsg_flags: u16::from_ne_bytes([b[6], b[7]]),
-        nlmsg_seq: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        nlmsg_pid: u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-    })
-}
-
-/// An NLMSG_ERROR message as `(seq, errno)`, errno 0 for an ack; `None` for other types.
-/// Layout: nlmsghdr, then `struct nlmsgerr { int error; struct nlmsghdr msg; }` with the
-/// negative errno (include/uapi/linux/netlink.h).
-fn parse_ack(msg: &[u8]) -> Result<Option<(u32, i32)>, String> {
-    let hdr = header(msg).ok_or("short netlink message")?;
-    if i32::from(hdr.nlmsg_type) != libc::NLMSG_ERROR {
-        return Ok(None);
     }
-    let e = msg.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4).ok_or("truncated NLMSG_ERROR")?;
-    let error = i32::from_ne_bytes([e[0], e[1], e[2], e[3]]);
-    Ok(Some((hdr.nlmsg_seq, error.checked_neg().unwrap_or(i32::MAX))))
+    Ok(acks)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1180,8 +1095,8 @@ unsafe fn owned_str(p: *const libc::c_char) -> Option<String> {
 /// Build a dump request (`NLM_F_DUMP`, family ip) in an aligned buffer; `payload` may add
 /// attributes through libnftnl.
 fn dump_request(msg_type: i32, seq: u32, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
-    let mut buf = RecvBuf(vec![0; 512]);
-    let bytes = buf.bytes();
+    let mut buf = RecvBuf::new(4096);
+    let bytes = buf.bytes_mut();
     // SAFETY: the buffer (4 KiB, 8-byte aligned) holds a header plus a table name attribute.
     let nlh = unsafe {
         sys::nftnl_nlmsg_build_hdr(
@@ -1599,28 +1514,43 @@ mod tests {
         assert_eq!(err.errno(), Some(libc::EBUSY));
     }
 
+    /// NLMSG_ERROR messages as the kernel sends them: header, then error and the request's
+    /// header.
+    fn error_msgs(acks: &[(u32, i32)]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for &(seq, err) in acks {
+            buf.extend_from_slice(&36u32.to_ne_bytes()); // nlmsg_len
+            buf.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes()); // nlmsg_type
+            buf.extend_from_slice(&0u16.to_ne_bytes()); // nlmsg_flags
+            buf.extend_from_slice(&seq.to_ne_bytes()); // nlmsg_seq: the request's
+            buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel
+            buf.extend_from_slice(&err.to_ne_bytes()); // error: negative errno, 0 = ack
+            buf.extend_from_slice(&[0; 16]); // the request's header
+        }
+        buf
+    }
+
     #[test]
     fn split_and_parse_acks() {
-        // Two NLMSG_ERROR messages as the kernel sends them: header, then error and the
-        // request's header. The second one refuses seq 9 with -ENOENT.
-        let mut buf = Vec::new();
-        for (seq, err) in [(8u32, 0i32), (9, -libc::ENOENT)] {
-            buf.extend_from_slice(&36u32.to_ne_bytes());
-            buf.extend_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
-            buf.extend_from_slice(&0u16.to_ne_bytes());
-            buf.extend_from_slice(&seq.to_ne_bytes());
-            buf.extend_from_slice(&0u32.to_ne_bytes());
-            buf.extend_from_slice(&err.to_ne_bytes());
-            buf.extend_from_slice(&[0; 16]);
-        }
-        let acks: Vec<_> = split_messages(&buf).map(|m| parse_ack(m.unwrap()).unwrap().unwrap()).collect();
-        assert_eq!(acks, vec![(8, 0), (9, libc::ENOENT)]);
+        // The second one refuses seq 9 with -ENOENT.
+        let buf = error_msgs(&[(8, 0), (9, -libc::ENOENT)]);
+        assert_eq!(parse_acks(&buf), Ok(vec![(8, 0), (9, libc::ENOENT)]));
         // Truncated and lying lengths are errors, never panics.
-        assert!(split_messages(&buf[..10]).next().unwrap().is_err());
+        assert!(parse_acks(&buf[..10]).is_err());
         let mut bad = buf.clone();
         bad[..4].copy_from_slice(&4000u32.to_ne_bytes());
-        assert!(split_messages(&bad).next().unwrap().is_err());
-        assert!(parse_ack(&buf[..18]).is_err());
+        assert!(parse_acks(&bad).is_err());
+        assert!(parse_acks(&buf[..18]).is_err());
+        // A message cut after its header, before the error code.
+        let mut cut = buf[..18].to_vec();
+        cut[..4].copy_from_slice(&18u32.to_ne_bytes());
+        assert!(parse_acks(&cut).is_err());
+    }
+
+    /// The case conntrack's test of the same name was written for (`-error` overflows).
+    #[test]
+    fn nlmsgerr_with_i32_min_is_an_errno_not_a_panic() {
+        assert_eq!(parse_acks(&error_msgs(&[(7, i32::MIN)])), Ok(vec![(7, i32::MAX)]));
     }
 
     #[test]
