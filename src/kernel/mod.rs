@@ -21,7 +21,7 @@
 //!     (tests/nftables_kernel.rs, `iptables_form_loads`).
 //! 16. **Dumps can be filtered by the original tuple** (`CTA_FILTER`, Linux 5.8+): the kernel
 //!     still walks the whole table but sends only the matching entries, whatever their mark
-//!     ([`conntrack::build_dump_to`]; tests/conntrack_kernel.rs,
+//!     ([`crate::wire::ctnetlink::build_dump_to`]; tests/conntrack_kernel.rs,
 //!     `dump_to_one_service_whatever_the_mark`).
 
 pub mod conntrack;

@@ -5,5 +5,7 @@
 //!
 //! - [`netlink`]: netlink and nfnetlink framing, once for every subsystem: the message
 //!   splitter, the attribute iterator, the `nlmsgerr` reader, the message builders.
+//! - [`ctnetlink`]: conntrack requests, entries, events and answers.
 
+pub mod ctnetlink;
 pub mod netlink;
