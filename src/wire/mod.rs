@@ -6,6 +6,9 @@
 //! - [`netlink`]: netlink and nfnetlink framing, once for every subsystem: the message
 //!   splitter, the attribute iterator, the `nlmsgerr` reader, the message builders.
 //! - [`ctnetlink`]: conntrack requests, entries, events and answers.
+//! - [`nfqueue`]: queued packets, verdicts, queue configuration.
 
 pub mod ctnetlink;
 pub mod netlink;
+pub mod nfqueue;
+
