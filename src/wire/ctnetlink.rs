@@ -510,6 +510,7 @@ mod tests {
 
     use super::*;
     use crate::model::status;
+    use crate::wire::testing::strace_buffers;
 
     /// Annotated captures from conntrack-tools (see the file's header for how they were made).
     mod cap {
@@ -527,25 +528,6 @@ mod tests {
 
     /// The sequence number of every captured request (conntrack-tools uses time()).
     const CAPTURED_SEQ: u32 = 0x6b06_572b;
-
-    /// Every buffer `strace -e write=.. -e read=..` dumped, in order. A dump line is
-    /// ` | OFFSET  16 hex bytes in two groups of 8  ASCII |`; offset 00000 starts a buffer.
-    fn strace_buffers(text: &str) -> Vec<Vec<u8>> {
-        let mut bufs: Vec<Vec<u8>> = Vec::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix(" | ") else { continue };
-            if rest.starts_with("00000 ") {
-                bufs.push(Vec::new());
-            }
-            // The hex column is 49 characters wide, padded on the last line of a buffer.
-            let hex = rest.get(7..56).expect("strace hex dump line");
-            let cur = bufs.last_mut().expect("dump starts at offset 00000");
-            cur.extend(
-                hex.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("hex byte")),
-            );
-        }
-        bufs
-    }
 
     fn tuple(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, proto: Protocol) -> Tuple {
         Tuple { src: src.into(), dst: dst.into(), sport, dport, proto }

@@ -12,3 +12,23 @@ pub mod ctnetlink;
 pub mod netlink;
 pub mod nfqueue;
 
+/// What the wire tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Every buffer `strace -e write=.. -e read=..` dumped, in order. A dump line is
+    /// ` | OFFSET  16 hex bytes in two groups of 8  ASCII |`; offset 00000 starts a buffer.
+    pub fn strace_buffers(text: &str) -> Vec<Vec<u8>> {
+        let mut bufs: Vec<Vec<u8>> = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(" | ") else { continue };
+            if rest.starts_with("00000 ") {
+                bufs.push(Vec::new());
+            }
+            // The hex column is 49 characters wide, padded on the last line of a buffer.
+            let hex = rest.get(7..56).expect("strace hex dump line");
+            let cur = bufs.last_mut().expect("dump starts at offset 00000");
+            cur.extend(hex.split_whitespace().map(|b| u8::from_str_radix(b, 16).expect("hex byte")));
+        }
+        bufs
+    }
+}

@@ -180,7 +180,129 @@ pub fn append_config(buf: &mut Vec<u8>, seq: u32, queue: u16, cfg: Config) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use crate::model::{Protocol, Tuple};
+    use crate::wire::testing::strace_buffers;
+
+    /// Annotated captures of one queued SYN (see the file's header for how they were made).
+    mod cap {
+        include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nfq/captures.rs"));
+    }
+
+    /// The raw strace hex dump the annotated arrays were transcribed from.
+    const STRACE_QUEUE: &str = include_str!("../../tests/fixtures/nfq/queue.strace");
+
+    #[test]
+    fn annotated_captures_are_the_strace_bytes() {
+        let bufs = strace_buffers(STRACE_QUEUE);
+        assert_eq!(bufs.len(), 10, "4 requests and 4 acks, the packet, the verdict");
+        assert_eq!(bufs[0], cap::CONFIG_BIND);
+        assert_eq!(bufs[1], cap::CONFIG_BIND_ACK);
+        assert_eq!(bufs[2], cap::CONFIG_COPY_128);
+        assert_eq!(bufs[4], cap::CONFIG_MAXLEN_4096);
+        assert_eq!(bufs[6], cap::CONFIG_FAIL_OPEN_OFF);
+        assert_eq!(bufs[8], cap::PACKET_SYN);
+        assert_eq!(bufs[9], cap::VERDICT_ACCEPT_1);
+    }
+
+    /// What `kernel::nfqueue::Queue::open` sends for `QueueConfig::default()` on queue 0 is
+    /// what the kernel acknowledged, byte for byte.
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn config_is_byte_for_byte_what_the_kernel_acknowledged() {
+        let wanted: [(u32, Config, &[u8]); 4] = [
+            (1, Config::Bind, &cap::CONFIG_BIND),
+            (2, Config::CopyPacket { range: 128 }, &cap::CONFIG_COPY_128),
+            (3, Config::MaxLen(4096), &cap::CONFIG_MAXLEN_4096),
+            (4, Config::FailOpen(false), &cap::CONFIG_FAIL_OPEN_OFF),
+        ];
+        for (seq, cfg, want) in wanted {
+            let mut buf = Vec::new();
+            append_config(&mut buf, seq, 0, cfg);
+            assert_eq!(buf, want, "{cfg:?}");
+        }
+        // Fail-open on sets the flag the mask names.
+        let mut on = Vec::new();
+        append_config(&mut on, 4, 0, Config::FailOpen(true));
+        let mut want = cap::CONFIG_FAIL_OPEN_OFF;
+        want[27] = 1; // NFQA_CFG_FLAGS = NFQA_CFG_F_FAIL_OPEN
+        assert_eq!(on, want);
+        // Each request was acknowledged: error 0 for its sequence number.
+        let bufs = strace_buffers(STRACE_QUEUE);
+        for (ack, seq) in [(1, 1), (3, 2), (5, 3), (7, 4)] {
+            let mut got = Vec::new();
+            parse_datagram(&bufs[ack], |m| got.push(format!("{m:?}")));
+            assert_eq!(got, [format!("Error {{ seq: {seq}, errno: 0 }}")]);
+        }
+    }
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn verdict_is_byte_for_byte_the_one_the_kernel_took() {
+        let mut out = Outbox::default();
+        out.verdict(0, 1, Verdict::Accept);
+        assert_eq!(out.buf, cap::VERDICT_ACCEPT_1);
+    }
+
+    #[test]
+    fn parses_the_captured_syn() {
+        let mut got = Vec::new();
+        parse_datagram(&cap::PACKET_SYN, |m| match m {
+            Msg::Packet { id, payload } => got.push((id, payload.to_vec())),
+            other => panic!("{other:?}"),
+        });
+        assert_eq!(got.len(), 1);
+        let (id, payload) = &got[0];
+        assert_eq!(*id, 1);
+        assert_eq!(payload[..], cap::PACKET_SYN[60..], "NFQA_PAYLOAD, the whole 60-byte SYN");
+        let flow = crate::packet::parse(payload).expect("a TCP/IPv4 packet");
+        let client = Tuple {
+            src: [192, 168, 199, 1].into(),
+            dst: [192, 168, 199, 200].into(),
+            sport: 40000,
+            dport: 80,
+            proto: Protocol::Tcp,
+        };
+        assert_eq!(flow, client);
+    }
+
+    fn captured_messages() -> Vec<Vec<u8>> {
+        strace_buffers(STRACE_QUEUE)
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_real_messages_never_panic(
+            which in 0usize..10,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let msgs = captured_messages();
+            let mut msg = msgs[which % msgs.len()].clone();
+            for (at, byte) in edits {
+                let len = msg.len();
+                msg[at % len] = byte;
+            }
+            parse_datagram(&msg, |_| {});
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            parse_datagram(&bytes, |_| {});
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_real_messages_is_handled() {
+        for msg in captured_messages() {
+            for n in 0..=msg.len() {
+                let mut seen = 0;
+                parse_datagram(&msg[..n], |_| seen += 1);
+                assert!(n == 0 || seen == 1, "one message (or its remains) per cut");
+            }
+        }
+    }
 
     #[test]
     fn verdict_message_layout() {
