@@ -96,21 +96,10 @@ pub enum CtError {
     /// are all read, the kernel keeps dropping new ones (see [`CtEvents::recv`]).
     #[error("conntrack events were lost: the event socket's receive buffer overflowed (ENOBUFS)")]
     EventsLost,
-    #[error("malformed ctnetlink message: {0}")]
-    Malformed(&'static str),
-    /// A valid entry nfvs cannot have made: another address family than IPv4 and IPv6, or
-    /// another protocol than TCP and UDP (model::Protocol). Skipped in dumps and events.
-    #[error("conntrack entry nfvs does not balance ({0})")]
-    NotOurs(&'static str),
-}
-
-impl From<ParseError> for CtError {
-    fn from(e: ParseError) -> CtError {
-        match e {
-            ParseError::Malformed(what) => CtError::Malformed(what),
-            ParseError::NotOurs(what) => CtError::NotOurs(what),
-        }
-    }
+    /// What the kernel sent is not an answer nfvs can read (a malformed message, or an entry
+    /// nfvs cannot have made).
+    #[error(transparent)]
+    Parse(#[from] ParseError),
 }
 
 impl CtEventKind {
@@ -176,7 +165,7 @@ impl Conntrack {
         match answer {
             Answer::Done => match found {
                 Some(entry) => Ok(Some(entry?)),
-                None => Err(CtError::Malformed("GET answered without an entry")),
+                None => Err(ParseError::Malformed("GET answered without an entry").into()),
             },
             Answer::Errno(libc::ENOENT) => Ok(None),
             Answer::Errno(e) => Err(kernel_error(Op::Get, e)),

@@ -31,4 +31,15 @@ pub(crate) mod testing {
         }
         bufs
     }
+
+    /// A copy of `msg` (not empty) with each edit `(at, byte)` written at `at % msg.len()`:
+    /// for the tests that real messages, damaged anywhere, never make a parser panic.
+    pub fn mutated(msg: &[u8], edits: &[(usize, u8)]) -> Vec<u8> {
+        let mut msg = msg.to_vec();
+        let len = msg.len();
+        for &(at, byte) in edits {
+            msg[at % len] = byte;
+        }
+        msg
+    }
 }

@@ -184,7 +184,7 @@ mod tests {
 
     use super::*;
     use crate::model::{Protocol, Tuple};
-    use crate::wire::testing::strace_buffers;
+    use crate::wire::testing::{mutated, strace_buffers};
 
     /// Annotated captures of one queued SYN (see the file's header for how they were made).
     mod cap {
@@ -279,11 +279,7 @@ mod tests {
             edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         ) {
             let msgs = captured_messages();
-            let mut msg = msgs[which % msgs.len()].clone();
-            for (at, byte) in edits {
-                let len = msg.len();
-                msg[at % len] = byte;
-            }
+            let msg = mutated(&msgs[which % msgs.len()], &edits);
             parse_datagram(&msg, |_| {});
         }
 
