@@ -25,6 +25,7 @@
 //!     `dump_to_one_service_whatever_the_mark`).
 
 pub mod conntrack;
+pub mod icmp;
 pub mod mmsg;
 pub mod nfqueue;
 pub mod nftables;

@@ -7,14 +7,22 @@
 //!   splitter, the attribute iterator, the `nlmsgerr` reader, the message builders.
 //! - [`ctnetlink`]: conntrack requests, entries, events and answers.
 //! - [`nfqueue`]: queued packets, verdicts, queue configuration.
+//! - [`icmp`]: the ICMP port unreachable that refuses a connection no server can take.
 
 pub mod ctnetlink;
+pub mod icmp;
 pub mod netlink;
 pub mod nfqueue;
 
 /// What the wire tests share.
 #[cfg(test)]
 pub(crate) mod testing {
+    /// The annotated NFQUEUE captures, shared by the nfqueue and icmp tests (see the file's
+    /// header for how they were made).
+    pub mod nfq {
+        include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nfq/captures.rs"));
+    }
+
     /// Every buffer `strace -e write=.. -e read=..` dumped, in order. A dump line is
     /// ` | OFFSET  16 hex bytes in two groups of 8  ASCII |`; offset 00000 starts a buffer.
     pub fn strace_buffers(text: &str) -> Vec<Vec<u8>> {

@@ -184,12 +184,8 @@ mod tests {
 
     use super::*;
     use crate::model::{Protocol, Tuple};
-    use crate::wire::testing::{mutated, strace_buffers};
+    use crate::wire::testing::{mutated, nfq as cap, strace_buffers};
 
-    /// Annotated captures of one queued SYN (see the file's header for how they were made).
-    mod cap {
-        include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/nfq/captures.rs"));
-    }
 
     /// The raw strace hex dump the annotated arrays were transcribed from.
     const STRACE_QUEUE: &str = include_str!("../../tests/fixtures/nfq/queue.strace");
