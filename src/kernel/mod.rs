@@ -1,5 +1,18 @@
-//! The only code that touches the kernel: NFQUEUE, ctnetlink, nftables and sysctls.
-//! Each file owns one kernel interface and returns typed errors naming the failed operation.
+//! The sockets and system calls: NFQUEUE, ctnetlink, nftables, the ICMP raw socket and
+//! sysctls. Each file owns one kernel interface and returns typed errors naming the failed
+//! operation; the bytes they send and receive are built and read by [`crate::wire`] (pure,
+//! tested without a kernel), except nftables', which libnftnl lays out.
+//!
+//! - [`conntrack`]: ctnetlink requests one at a time ([`conntrack::Conntrack`]) and events
+//!   ([`conntrack::CtEvents`]);
+//! - [`nfqueue`]: the queue socket, which also carries the per-SYN ctnetlink requests;
+//! - [`nftables`]: our table, installed in one batch and read back;
+//! - [`icmp`]: the raw socket that refuses a connection no server can take;
+//! - [`sysctl`]: the settings nfvs changes and restores;
+//! - [`socket`] and [`mmsg`]: what the netlink sockets share (the aligned receive buffer,
+//!   socket options, `recvmmsg` batches).
+//!
+//! Signals, CPU pinning and /proc reading are still in `daemon.rs` (issue 10 moves them here).
 //!
 //! # Kernel facts learnt after design.md's eleven (each pinned by a test)
 //!

@@ -183,7 +183,7 @@ pub(super) struct ChainSpec {
     pub(super) rules: Vec<Vec<Expr>>,
 }
 
-/// The chains and rules [`apply`] installs for `rs`; see [`crate::ruleset`] for why each one.
+/// The chains and rules [`super::apply`] installs for `rs`; see [`crate::ruleset`] for why each one.
 pub(super) fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
     let mut chains = vec![ChainSpec {
         name: DIVERT,
