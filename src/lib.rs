@@ -27,3 +27,4 @@ pub mod ruleset;
 pub mod sched;
 pub mod service;
 pub mod stats;
+pub mod wire;

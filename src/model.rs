@@ -1,5 +1,5 @@
 //! The types every layer shares: a flow's key, the protocol, and the conntrack entry as the
-//! pure core sees it. Plain data, no I/O; the wire code (src/kernel/conntrack.rs) turns them
+//! pure core sees it. Plain data, no I/O; the wire code (src/wire/ctnetlink.rs) turns them
 //! into bytes and back, the engine and the accounting decide on them.
 //!
 //! Address-family ready: a [`Tuple`] holds [`IpAddr`]s, and the ctnetlink code picks the

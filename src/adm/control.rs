@@ -150,7 +150,7 @@ impl Server {
             if UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    // The caller names the path (daemon.rs: "control socket PATH: ...").
+                    // The caller names the path (daemon/start.rs: "control socket PATH: ...").
                     "another nfvs daemon is listening on it (one director per network namespace)",
                 ));
             }

@@ -8,12 +8,14 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// Receive slots for `recvmmsg`, aligned for `struct nlmsghdr`, with the `iovec`s and
-/// `mmsghdr`s that point at them, built once: a read allocates nothing.
+use super::socket::RecvBuf;
+
+/// Receive slots for `recvmmsg` in one [`RecvBuf`] (aligned for `struct nlmsghdr`), with the
+/// `iovec`s and `mmsghdr`s that point at them, built once: a read allocates nothing.
 pub struct RecvBatch {
-    words: Box<[u32]>,
+    buf: RecvBuf,
     slot: usize,
-    /// One per slot, pointing into `words` (a heap block that moving `self` does not move).
+    /// One per slot, pointing into `buf` (a heap block that moving `self` does not move).
     _iov: Box<[libc::iovec]>,
     /// One per slot, pointing at its `iovec` (likewise fixed); no name, no control data. The
     /// kernel writes only `msg_len` and `msg_hdr.msg_flags` back.
@@ -22,15 +24,16 @@ pub struct RecvBatch {
 }
 
 impl RecvBatch {
-    /// `slots` datagrams of at most `slot` bytes (a multiple of 4) each. Size the slots for the
-    /// largest datagram expected: one that does not fit is cut short (MSG_TRUNC), and its
-    /// netlink header then claims more than the slot holds, so parsers drop it.
+    /// `slots` datagrams of at most `slot` bytes (rounded up to a multiple of 8, so every slot
+    /// stays aligned) each. Size the slots for the largest datagram expected: one that does not
+    /// fit is cut short (MSG_TRUNC), and its netlink header then claims more than the slot
+    /// holds, so parsers drop it.
     pub fn new(slots: usize, slot: usize) -> RecvBatch {
-        let slot = (slot + 3) & !3;
-        let mut words = vec![0u32; slots * slot / 4].into_boxed_slice();
-        let base = words.as_mut_ptr().cast::<u8>();
+        let slot = slot.next_multiple_of(8);
+        let mut buf = RecvBuf::new(slots * slot);
+        let base = buf.as_mut_ptr();
         let mut iov: Box<[libc::iovec]> = (0..slots)
-            // SAFETY: slot i lies inside `words` (slots * slot bytes).
+            // SAFETY: slot i lies inside `buf` (slots * slot bytes).
             .map(|i| libc::iovec { iov_base: unsafe { base.add(i * slot) }.cast(), iov_len: slot })
             .collect();
         let hdrs: Box<[libc::mmsghdr]> = iov
@@ -43,7 +46,7 @@ impl RecvBatch {
                 h
             })
             .collect();
-        RecvBatch { words, slot, _iov: iov, hdrs, count: 0 }
+        RecvBatch { buf, slot, _iov: iov, hdrs, count: 0 }
     }
 
     /// Waits for at least one datagram (unless `nonblocking`), then takes every other one
@@ -72,11 +75,10 @@ impl RecvBatch {
 
     /// The datagrams the last [`RecvBatch::recv`] read.
     pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let base = self.words.as_ptr().cast::<u8>();
+        let bytes = self.buf.bytes();
         (0..self.count).map(move |i| {
             let len = (self.hdrs[i].msg_len as usize).min(self.slot);
-            // SAFETY: slot i is inside `words`, and `len <= slot` bytes of it were written.
-            unsafe { std::slice::from_raw_parts(base.add(i * self.slot), len) }
+            bytes.get(i * self.slot..i * self.slot + len).unwrap_or(&[])
         })
     }
 }

@@ -1,5 +1,17 @@
-//! The only code that touches the kernel: NFQUEUE, ctnetlink, nftables and sysctls.
-//! Each file owns one kernel interface and returns typed errors naming the failed operation.
+//! The sockets and system calls: NFQUEUE, ctnetlink, nftables, the ICMP raw socket and
+//! sysctls. Each file owns one kernel interface and returns typed errors naming the failed
+//! operation; the bytes they send and receive are built and read by [`crate::wire`] (pure,
+//! tested without a kernel), except nftables', which libnftnl lays out.
+//!
+//! - [`conntrack`]: ctnetlink requests one at a time ([`conntrack::Conntrack`]) and events
+//!   ([`conntrack::CtEvents`]);
+//! - [`nfqueue`]: the queue socket, which also carries the per-SYN ctnetlink requests;
+//! - [`nftables`]: our table, installed in one batch and read back;
+//! - [`icmp`]: the raw socket that refuses a connection no server can take;
+//! - [`sysctl`]: the settings nfvs changes and restores;
+//! - [`os`]: signals, CPU pinning, the per-namespace director lock, privileges, /proc;
+//! - [`socket`] and [`mmsg`]: what the netlink sockets share (the aligned receive buffer,
+//!   socket options, `recvmmsg` batches).
 //!
 //! # Kernel facts learnt after design.md's eleven (each pinned by a test)
 //!
@@ -21,7 +33,7 @@
 //!     (tests/nftables_kernel.rs, `iptables_form_loads`).
 //! 16. **Dumps can be filtered by the original tuple** (`CTA_FILTER`, Linux 5.8+): the kernel
 //!     still walks the whole table but sends only the matching entries, whatever their mark
-//!     ([`conntrack::build_dump_to`]; tests/conntrack_kernel.rs,
+//!     ([`crate::wire::ctnetlink::build_dump_to`]; tests/conntrack_kernel.rs,
 //!     `dump_to_one_service_whatever_the_mark`).
 
 pub mod conntrack;
@@ -29,6 +41,6 @@ pub mod icmp;
 pub mod mmsg;
 pub mod nfqueue;
 pub mod nftables;
-pub mod nlmsg;
 pub mod os;
+pub mod socket;
 pub mod sysctl;

@@ -18,9 +18,8 @@
 //! (`nfqnl_recv_verdict` checks the sender's port id), which is why the ctnetlink requests
 //! share it.
 //!
-//! Messages are laid out in include/uapi/linux/netfilter/nfnetlink_queue.h and read by
-//! net/netfilter/nfnetlink_queue.c; as in ctnetlink, netlink headers are host order and
-//! attribute values big-endian.
+//! The messages (queued packets, verdicts, configuration) are built and read by
+//! [`crate::wire::nfqueue`].
 //!
 //! Design.md fact 9 still holds in spirit: bind and configure the queue completely before the
 //! divert rule exists.
@@ -29,36 +28,16 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::mmsg::RecvBatch;
-use super::nlmsg::{
-    self, finish, put_attr, setsockopt_int, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_ERROR, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST, NLA_TYPE_MASK,
-};
+use super::socket::{send_all, setsockopt_int};
+use crate::wire::nfqueue::{append_config, Config};
+/// The codec, where the daemon has always found it (its home is [`crate::wire::nfqueue`]).
+use crate::wire::nfqueue::{parse_datagram, Msg, Outbox};
 
 /// Packets (and error answers) read per `recvmmsg` at most.
 pub const BATCH: usize = 64;
 /// Bytes per receive slot: a queued packet is its headers (about 80 bytes of attributes) and
 /// at most `copy_range` bytes of payload; an error answer is 36 bytes (`NETLINK_CAP_ACK`).
 const SLOT: usize = 2048;
-
-
-/// nfnetlink.h: `NFNL_SUBSYS_QUEUE`; a message type is `subsystem << 8 | operation`.
-const NFNL_SUBSYS_QUEUE: u16 = 3;
-// enum nfqnl_msg_types
-const NFQNL_MSG_PACKET: u16 = 0;
-const NFQNL_MSG_VERDICT: u16 = 1;
-const NFQNL_MSG_CONFIG: u16 = 2;
-// enum nfqnl_attr_type
-const NFQA_PACKET_HDR: u16 = 1;
-const NFQA_VERDICT_HDR: u16 = 2;
-const NFQA_PAYLOAD: u16 = 10;
-// enum nfqnl_attr_config
-const NFQA_CFG_CMD: u16 = 1;
-const NFQA_CFG_PARAMS: u16 = 2;
-const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
-const NFQA_CFG_MASK: u16 = 4;
-const NFQA_CFG_FLAGS: u16 = 5;
-const NFQNL_CFG_CMD_BIND: u8 = 1;
-const NFQNL_COPY_PACKET: u8 = 2;
-const NFQA_CFG_F_FAIL_OPEN: u32 = 1;
 
 /// An NFQUEUE failure, naming the operation.
 #[derive(Debug, thiserror::Error)]
@@ -95,126 +74,6 @@ impl Default for QueueConfig {
     fn default() -> QueueConfig {
         // A queued SYN takes about 1 KiB of receive buffer (skb truesize): 4096 of them 4 MiB.
         QueueConfig { num: 0, copy_range: 128, max_len: 4096, fail_open: false, rcvbuf: 4 << 20 }
-    }
-}
-
-/// What to do with a queued packet (include/uapi/linux/netfilter.h).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Drop,
-    Accept,
-}
-
-impl Verdict {
-    fn code(self) -> u32 {
-        match self {
-            Verdict::Drop => libc::NF_DROP as u32,
-            Verdict::Accept => libc::NF_ACCEPT as u32,
-        }
-    }
-}
-
-/// One message read from the queue socket.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Msg<'a> {
-    /// A queued packet: its id (for the verdict) and its first `copy_range` bytes.
-    Packet { id: u32, payload: &'a [u8] },
-    /// A request of ours failed: its sequence number and the (positive) errno.
-    Error { seq: u32, errno: i32 },
-    /// A packet message without an id, or something else we did not ask for.
-    Unexpected { ty: u16 },
-}
-
-/// Messages for the kernel, gathered for one `sendmsg`: ctnetlink requests (appended with
-/// `conntrack::append_*`) and verdicts, in the order they must run.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    pub buf: Vec<u8>,
-}
-
-impl Outbox {
-    pub fn with_capacity(n: usize) -> Outbox {
-        Outbox { buf: Vec::with_capacity(n) }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.buf.clear();
-    }
-
-    /// `NFQNL_MSG_VERDICT` for packet `id` of queue `queue`: no `NLM_F_ACK`, so only a failure
-    /// is answered.
-    pub fn verdict(&mut self, queue: u16, id: u32, v: Verdict) {
-        let at = begin(&mut self.buf, NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, queue);
-        let mut hdr = [0u8; 8];
-        hdr[..4].copy_from_slice(&v.code().to_be_bytes());
-        hdr[4..].copy_from_slice(&id.to_be_bytes());
-        put_attr(&mut self.buf, NFQA_VERDICT_HDR, &hdr);
-        finish(&mut self.buf, at);
-    }
-}
-
-/// `nlmsghdr` + `nfgenmsg { AF_UNSPEC, NFNETLINK_V0, res_id = htons(queue) }`.
-fn begin(buf: &mut Vec<u8>, op: u16, flags: u16, seq: u32, queue: u16) -> usize {
-    nlmsg::begin(buf, NFNL_SUBSYS_QUEUE, op, flags, seq, libc::AF_UNSPEC as u8, queue)
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Splits one datagram into its netlink messages and reads each (pure; never panics).
-pub fn parse_datagram(data: &[u8], mut f: impl FnMut(Msg<'_>)) {
-    let mut off = 0;
-    while let (Some(len), Some(ty)) = (u32_at(data, off), u16_at(data, off + 4)) {
-        let len = len as usize;
-        if len < NLMSG_HDRLEN || off + len > data.len() {
-            f(Msg::Unexpected { ty });
-            return;
-        }
-        let msg = &data[off..off + len];
-        f(parse_msg(msg, ty));
-        off += (len + 3) & !3;
-    }
-}
-
-fn parse_msg(msg: &[u8], ty: u16) -> Msg<'_> {
-    if ty == NLMSG_ERROR {
-        // struct nlmsgerr { int error; struct nlmsghdr msg; }: the header's seq is the request's.
-        let seq = u32_at(msg, 8).unwrap_or(0);
-        let error = u32_at(msg, NLMSG_HDRLEN).map(|e| e as i32).unwrap_or(0);
-        return Msg::Error { seq, errno: -error };
-    }
-    if ty != (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
-        return Msg::Unexpected { ty };
-    }
-    let (mut id, mut payload) = (None, None);
-    let mut off = NLMSG_HDRLEN + NFGENMSG_LEN;
-    while let (Some(alen), Some(aty)) = (u16_at(msg, off), u16_at(msg, off + 2)) {
-        let alen = usize::from(alen);
-        if alen < NLA_HDRLEN || off + alen > msg.len() {
-            break;
-        }
-        let value = &msg[off + NLA_HDRLEN..off + alen];
-        match aty & NLA_TYPE_MASK {
-            // struct nfqnl_msg_packet_hdr { __be32 packet_id; __be16 hw_protocol; __u8 hook; }
-            NFQA_PACKET_HDR => id = value.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-            NFQA_PAYLOAD => payload = Some(value),
-            _ => {}
-        }
-        off += (alen + 3) & !3;
-    }
-    match (id, payload) {
-        // A packet without payload still needs its verdict, or the kernel holds it forever.
-        (Some(id), payload) => Msg::Packet { id, payload: payload.unwrap_or(&[]) },
-        (None, _) => Msg::Unexpected { ty },
     }
 }
 
@@ -260,18 +119,10 @@ impl Queue {
             conf("SO_RCVBUF", q.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, rcvbuf))?;
         }
 
-        // struct nfqnl_msg_config_cmd { __u8 command; __u8 _pad; __be16 pf; }
-        q.configure(1, &[(NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0])])
-            .map_err(|source| QueueError::Bind { queue: num, source })?;
-        // struct nfqnl_msg_config_params { __be32 copy_range; __u8 copy_mode; } (packed)
-        let mut params = [0u8; 5];
-        params[..4].copy_from_slice(&u32::from(cfg.copy_range).to_be_bytes());
-        params[4] = NFQNL_COPY_PACKET;
-        conf("copy range", q.configure(2, &[(NFQA_CFG_PARAMS, &params)]))?;
-        conf("max length", q.configure(3, &[(NFQA_CFG_QUEUE_MAXLEN, &cfg.max_len.to_be_bytes())]))?;
-        let flags = if cfg.fail_open { NFQA_CFG_F_FAIL_OPEN } else { 0 };
-        let (flags, mask) = (flags.to_be_bytes(), NFQA_CFG_F_FAIL_OPEN.to_be_bytes());
-        conf("fail-open", q.configure(4, &[(NFQA_CFG_FLAGS, &flags), (NFQA_CFG_MASK, &mask)]))?;
+        q.configure(1, Config::Bind).map_err(|source| QueueError::Bind { queue: num, source })?;
+        conf("copy range", q.configure(2, Config::CopyPacket { range: u32::from(cfg.copy_range) }))?;
+        conf("max length", q.configure(3, Config::MaxLen(cfg.max_len)))?;
+        conf("fail-open", q.configure(4, Config::FailOpen(cfg.fail_open)))?;
         Ok(q)
     }
 
@@ -283,16 +134,11 @@ impl Queue {
         setsockopt_int(self.fd.as_raw_fd(), level, name, value)
     }
 
-    /// Sends one `NFQNL_MSG_CONFIG` for this queue with `attrs` and waits for its
-    /// acknowledgement (no packets can arrive yet: the divert rule does not exist while the
-    /// queue is being set up).
-    fn configure(&mut self, seq: u32, attrs: &[(u16, &[u8])]) -> io::Result<()> {
+    /// Sends one `NFQNL_MSG_CONFIG` for this queue and waits for its acknowledgement (no
+    /// packets can arrive yet: the divert rule does not exist while the queue is being set up).
+    fn configure(&mut self, seq: u32, cfg: Config) -> io::Result<()> {
         let mut msg = Vec::with_capacity(64);
-        let at = begin(&mut msg, NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, self.num);
-        for (ty, payload) in attrs {
-            put_attr(&mut msg, *ty, payload);
-        }
-        finish(&mut msg, at);
+        append_config(&mut msg, seq, self.num, cfg);
         self.send(&msg)?;
         loop {
             self.recv(false)?;
@@ -315,21 +161,7 @@ impl Queue {
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<()> {
-        loop {
-            // SAFETY: sends `buf` to the kernel (a zeroed sockaddr_nl = pid 0).
-            let r = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-            if r >= 0 {
-                return if r as usize == buf.len() {
-                    Ok(())
-                } else {
-                    Err(io::Error::new(io::ErrorKind::WriteZero, "short netlink send"))
-                };
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        send_all(self.fd.as_raw_fd(), buf)
     }
 
     /// Sends everything in `out` in one `sendmsg`, then clears it. The kernel runs the
@@ -353,93 +185,5 @@ impl Queue {
     /// The datagrams the last [`Queue::recv`] read; split each with [`parse_datagram`].
     pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> + '_ {
         self.rx.datagrams()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verdict_message_layout() {
-        let mut out = Outbox::default();
-        out.verdict(7, 0x01020304, Verdict::Accept);
-        let b = &out.buf;
-        assert_eq!(b.len(), 16 + 4 + 12);
-        assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 32);
-        assert_eq!(u16::from_ne_bytes(b[4..6].try_into().unwrap()), (3 << 8) | 1);
-        assert_eq!(u16::from_ne_bytes(b[6..8].try_into().unwrap()), NLM_F_REQUEST);
-        assert_eq!(&b[16..20], &[0, 0, 0, 7]);
-        assert_eq!(u16::from_ne_bytes(b[20..22].try_into().unwrap()), 12);
-        assert_eq!(u16::from_ne_bytes(b[22..24].try_into().unwrap()), NFQA_VERDICT_HDR);
-        assert_eq!(&b[24..32], &[0, 0, 0, 1, 1, 2, 3, 4]);
-        // Appending keeps earlier messages intact.
-        out.verdict(7, 9, Verdict::Drop);
-        assert_eq!(out.buf.len(), 64);
-        assert_eq!(&out.buf[56..64], &[0, 0, 0, 0, 0, 0, 0, 9]);
-    }
-
-    fn packet_msg(id: u32, payload: &[u8]) -> Vec<u8> {
-        let mut b = Vec::new();
-        let at = begin(&mut b, NFQNL_MSG_PACKET, 0, 0, 0);
-        let mut hdr = id.to_be_bytes().to_vec();
-        hdr.extend_from_slice(&[8, 0, 0]);
-        put_attr(&mut b, NFQA_PACKET_HDR, &hdr);
-        put_attr(&mut b, 5, &[0, 0, 0, 3]); // NFQA_IFINDEX_INDEV, ignored
-        put_attr(&mut b, NFQA_PAYLOAD, payload);
-        finish(&mut b, at);
-        b
-    }
-
-    #[test]
-    fn parses_packets_and_errors() {
-        let mut d = packet_msg(42, &[0x45, 0, 0, 40, 1]);
-        // An error answer: nlmsghdr(type ERROR, seq 77) + nlmsgerr { -17, nlmsghdr }.
-        let mut e = Vec::new();
-        e.extend_from_slice(&36u32.to_ne_bytes());
-        e.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        e.extend_from_slice(&0u16.to_ne_bytes());
-        e.extend_from_slice(&77u32.to_ne_bytes());
-        e.extend_from_slice(&0u32.to_ne_bytes());
-        e.extend_from_slice(&(-17i32).to_ne_bytes());
-        e.extend_from_slice(&[0; 16]);
-        d.extend_from_slice(&e);
-        let mut got = Vec::new();
-        parse_datagram(&d, |m| {
-            got.push(match m {
-                Msg::Packet { id, payload } => format!("p{id}:{payload:?}"),
-                Msg::Error { seq, errno } => format!("e{seq}:{errno}"),
-                Msg::Unexpected { ty } => format!("u{ty}"),
-            })
-        });
-        assert_eq!(got, ["p42:[69, 0, 0, 40, 1]", "e77:17"]);
-    }
-
-    #[test]
-    fn never_panics_on_garbage() {
-        let d = packet_msg(1, &[1, 2, 3]);
-        for cut in 0..d.len() {
-            parse_datagram(&d[..cut], |_| {});
-        }
-        let mut bad = d.clone();
-        bad[20..22].copy_from_slice(&200u16.to_ne_bytes()); // attribute longer than the message
-        let mut n = 0;
-        parse_datagram(&bad, |m| {
-            assert!(matches!(m, Msg::Unexpected { .. }));
-            n += 1;
-        });
-        assert_eq!(n, 1);
-    }
-
-    /// A packet the kernel sent without payload (copy range 0) still gets its verdict.
-    #[test]
-    fn a_packet_without_payload_is_still_a_packet() {
-        let mut b = Vec::new();
-        let at = begin(&mut b, NFQNL_MSG_PACKET, 0, 0, 0);
-        put_attr(&mut b, NFQA_PACKET_HDR, &[0, 0, 0, 9, 8, 0, 0]);
-        finish(&mut b, at);
-        let mut got = Vec::new();
-        parse_datagram(&b, |m| got.push(format!("{m:?}")));
-        assert_eq!(got, ["Packet { id: 9, payload: [] }"]);
     }
 }

@@ -22,7 +22,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use nfvs::kernel::os::{block_signals, pin_to_queue_cpus};
 use nfvs::ruleset::{self, Overload};
-use nfvs::kernel::nfqueue::{parse_datagram, Msg, Outbox, Queue, QueueConfig, Verdict};
+use nfvs::kernel::nfqueue::{Queue, QueueConfig};
+use nfvs::wire::nfqueue::{parse_datagram, Msg, Outbox, Verdict};
 use nfvs::kernel::nftables;
 use nfvs::sched::SchedOptions;
 
