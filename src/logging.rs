@@ -58,7 +58,18 @@ pub fn init(default: &str) {
         .write_style(style)
         .target(env_logger::Target::Pipe(Box::new(pipe)))
         .init();
-    let spawned = std::thread::Builder::new().name("log-writer".into()).spawn(move || write_out(rx, &lost, std::io::stderr()));
+    let spawned = std::thread::Builder::new().name("log-writer".into()).spawn(move || {
+        // Started before the daemon blocks the signals it waits for (kernel::os::block_signals):
+        // a thread that does not block them would take SIGTERM or SIGHUP with the default
+        // action and end the process.
+        // SAFETY: a locally owned, filled sigset_t; pthread_sigmask changes this thread only.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+        write_out(rx, &lost, std::io::stderr())
+    });
     if let Err(e) = spawned {
         eprintln!("nfvs: cannot start the log writer thread: {e}");
     }
