@@ -111,3 +111,23 @@ fn repeated_warnings_are_aggregated() {
     };
     assert_eq!(lines.iter().map(|l| count(l)).sum::<u64>(), 300, "{log}");
 }
+
+/// Issue 11 #1, the other half: a running daemon notices when its table or its sysctls are
+/// changed under it (removed, replaced, `ip_forward` reset), says so, and puts them back.
+#[test]
+fn a_removed_table_and_a_reset_ip_forward_are_put_back() {
+    require_root();
+    let lab = Lab::up();
+    let d = lab.nfvs().start().unwrap();
+    let table = lab.exec_ok(Role::Director, &["nft", "list", "table", "ip", "nfvs"]);
+    lab.exec_ok(Role::Director, &["nft", "delete", "table", "ip", "nfvs"]);
+    lab.exec_ok(Role::Director, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    d.wait_for_log("installed again", Duration::from_secs(6)).unwrap();
+    d.wait_for_log("sysctl net.ipv4.ip_forward was set to 0 by another program", Duration::from_secs(6)).unwrap();
+    assert!(d.log().contains("table ip nfvs was removed or changed by another program"), "{}", d.log());
+    assert_eq!(lab.sysctl(Role::Director, "net.ipv4.ip_forward"), "1");
+    let strip = |t: &str| t.lines().map(|l| l.split(" counter packets").next().unwrap_or(l).to_owned()).collect::<Vec<_>>();
+    assert_eq!(strip(&lab.exec_ok(Role::Director, &["nft", "list", "table", "ip", "nfvs"])), strip(&table));
+    let (a, b) = (lab.client_curl_vip().unwrap(), lab.client_curl_vip().unwrap());
+    assert_ne!(a, b, "both real servers answer again");
+}

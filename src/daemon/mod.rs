@@ -21,6 +21,7 @@ mod ct_events;
 mod signals;
 mod start;
 mod ticker;
+mod watch;
 mod worker;
 
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ use crate::engine::{EditEffects, Engine};
 use crate::kernel::conntrack::Conntrack;
 use crate::kernel::icmp::Refuser;
 use crate::kernel::nftables::{self, QueueImpl};
-use crate::kernel::sysctl::Sysctl;
+use crate::kernel::sysctl::{Setting, Sysctl};
 use crate::ruleset::{self, Cidr, Overload, Ruleset};
 use crate::service::Table;
 
@@ -131,6 +132,8 @@ pub(crate) struct Shared {
     loop_stats: LoopStats,
     /// Answers SYNs that no server can take; `None` if the raw socket could not be opened.
     refuser: Option<Refuser>,
+    /// The sysctls nfvs set and their values, kept so by [`watch`].
+    sysctls: Option<(Sysctl, Vec<Setting>)>,
 }
 
 impl Shared {

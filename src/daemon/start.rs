@@ -87,6 +87,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         start,
         loop_stats: LoopStats::default(),
         refuser: Refuser::open().map_err(|e| warn!("cannot open a raw socket for ICMP refusals: {e}")).ok(),
+        sysctls: Some((sysctl, wanted)),
     });
     let sh = shared.clone();
     spawn("signals", move || signals::run(&sh, signals));

@@ -35,6 +35,7 @@ pub(super) fn run(sh: &Shared) {
         sample_traffic(sh, &mut ct, full);
         let now = sh.now();
         sh.lock().tick(now);
+        super::watch::check(sh);
         crate::events::flush_repeats(false);
     }
 }
