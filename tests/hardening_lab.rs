@@ -131,3 +131,73 @@ fn a_removed_table_and_a_reset_ip_forward_are_put_back() {
     let (a, b) = (lab.client_curl_vip().unwrap(), lab.client_curl_vip().unwrap());
     assert_ne!(a, b, "both real servers answer again");
 }
+
+/// Issue 11 #2: after load, counts settle to what conntrack shows within a few seconds of the
+/// traffic stopping. Short connections whose client closes the moment it has the response
+/// make both FINs cross the director, which could silence both state events (the `events`
+/// chain's mask): such connections stayed "active" until their entries expired (minutes).
+#[test]
+fn counts_settle_after_load_with_crossing_fins() {
+    require_root();
+    let lab = Lab::up();
+    let d = lab.nfvs().env("RUST_LOG", "warn").ready(Ready::Table { family: "ip".into(), name: "nfvs".into() }).start().unwrap();
+    let made = lab.in_ns(Role::Client, || {
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut n = 0u32;
+                    while std::time::Instant::now() < until {
+                        if short_request(std::net::SocketAddr::from((VIP, 80))) {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum::<u32>()
+    });
+    assert!(made > 500, "only {made} connections");
+    // One tick (2 s) and the settling margin after the last connection, with room for a slow CI.
+    std::thread::sleep(Duration::from_millis(4500));
+    let listing = lab.exec_ok(Role::Director, &[nfvs_bin().to_str().unwrap(), "adm", "-L", "-n"]);
+    let active: u64 = listing
+        .lines()
+        .filter(|l| l.trim_start().starts_with("-> 192."))
+        .map(|l| l.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap()) // -> RIP:PORT Masq WEIGHT ACTIVE INACTIVE
+        .sum();
+    let ct = lab.exec_ok(Role::Director, &["conntrack", "-L", "-p", "tcp"]);
+    let live = ct.lines().filter(|l| ["ESTABLISHED", "SYN_SENT", "SYN_RECV"].iter().any(|s| l.contains(s))).count() as u64;
+    let live_lines: Vec<&str> = ct.lines().filter(|l| ["ESTABLISHED", "SYN_SENT", "SYN_RECV"].iter().any(|s| l.contains(s))).collect();
+    assert_eq!(active, live, "{made} connections; -L -n:\n{listing}\nconntrack: {live_lines:#?}\n{d:?}", d = d.log());
+}
+
+/// One HTTP/1.0 request; the client closes as soon as it has the whole response (nginx closes
+/// too), so the two FINs cross. Whether it got a response.
+fn short_request(to: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let Ok(n) = s.read(&mut chunk) else { return false };
+        if n == 0 {
+            return !buf.is_empty();
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(head) = text.find("\r\n\r\n") {
+            let len = text[..head]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
+            if len.is_some_and(|len| buf.len() >= head + 4 + len) {
+                return true; // closed here, at once
+            }
+        }
+    }
+}
