@@ -222,6 +222,9 @@ pub enum EditError {
     NoDest,
     #[error("Scheduler not found: {0}")]
     Scheduler(#[from] sched::UnknownScheduler),
+    /// IPVS would take it; nfvs's rules cannot express it (e.g. port 0, all ports).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// All virtual services, in creation order, and the director-wide scheduler settings

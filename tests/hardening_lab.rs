@@ -201,3 +201,24 @@ fn short_request(to: std::net::SocketAddr) -> bool {
         }
     }
 }
+
+/// Issue 11 #6: `adm -A -t VIP:0 -s rr -p` used to answer "table updated but the nft rules
+/// were not", keep the service, and make every later edit "fail" while applying it in memory.
+/// Every command applies completely or not at all.
+#[test]
+fn an_edit_applies_completely_or_not_at_all() {
+    require_root();
+    let lab = Lab::up();
+    let _d = lab.nfvs().start().unwrap();
+    let adm = |args: &[&str]| lab.command(Role::Director, nfvs_bin()).arg("adm").args(args).output().unwrap();
+    let before = String::from_utf8(adm(&["-S", "-n"]).stdout).unwrap();
+    let out = adm(&["-A", "-t", "192.168.199.202:0", "-s", "rr", "-p"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(stderr.contains("port 0") && !stderr.contains("table updated"), "{stderr}");
+    assert_eq!(String::from_utf8(adm(&["-S", "-n"]).stdout).unwrap(), before, "nothing applied");
+    let next = adm(&["-A", "-t", "192.168.199.203:80", "-s", "rr"]);
+    assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+    let nft = lab.exec_ok(Role::Director, &["nft", "list", "table", "ip", "nfvs"]);
+    assert!(nft.contains("192.168.199.203"), "{nft}");
+}

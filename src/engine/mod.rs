@@ -248,6 +248,13 @@ impl Engine {
     /// servers are dropped, their connections forgotten (they drain), or returned for
     /// deletion with `--expire-nodest`.
     pub fn apply_edit(&mut self, cmd: &Command) -> Result<EditEffects, EditError> {
+        // What the table could take but nfvs's rules could not install is refused before
+        // anything changes (issue 11 #6: the service used to stay in the table, and every
+        // later edit then failed to install).
+        if let Command::AddService(s) = cmd {
+            let k = s.key;
+            crate::ruleset::Divert::new(k.proto, k.addr, k.port).map_err(|e| EditError::Unsupported(e.to_string()))?;
+        }
         let removed = self.removed_by(cmd);
         rules::apply(&mut self.table, cmd)?;
         let mut fx = EditEffects::default();

@@ -317,3 +317,15 @@ fn martian_sources_are_dropped_unscheduled() {
     let f = Tuple { src: "192.168.199.201".parse().unwrap(), ..flow(1000) };
     assert!(matches!(e.decide(f, T0, &mut NoLookup), Decision::Balance(_)));
 }
+
+/// Issue 11 #6: a service the table takes but nfvs's rules cannot install (port 0: all ports)
+/// is refused whole; the table stays as it was, and later edits work.
+#[test]
+fn an_edit_the_rules_cannot_carry_is_refused_whole() {
+    let mut e = engine(LAB);
+    let err = e.apply_edit(&parse_line("-A -t 192.168.199.202:0 -s rr -p").unwrap()).unwrap_err();
+    assert!(matches!(err, EditError::Unsupported(ref m) if m.contains("port 0")), "{err}");
+    assert_eq!(e.table.services().len(), 1);
+    e.apply_edit(&parse_line("-A -t 192.168.199.202:80 -s rr").unwrap()).unwrap();
+    assert_eq!(e.table.services().len(), 2);
+}
