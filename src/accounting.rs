@@ -138,6 +138,11 @@ impl Conns {
         self.map.is_empty()
     }
 
+    /// See [`FlowMap::shrink_if_sparse`].
+    pub fn shrink_if_sparse(&mut self) -> bool {
+        self.map.shrink_if_sparse()
+    }
+
     /// A connection nfvs just scheduled and created: active at once, as IPVS counts it.
     ///
     /// A connection still tracked for the tuple is a finished one whose entry nfvs deleted

@@ -123,6 +123,14 @@ pub enum Command {
         /// queue socket's receive buffer, which is sized to match.
         #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
         queue_maxlen: u32,
+        /// How long a connection may stay half-open (its SYN sent, the handshake not done)
+        /// before conntrack forgets it: sets net.netfilter.nf_conntrack_tcp_timeout_syn_sent
+        /// and _syn_recv in the namespace (120 and 60 by default; restored on stop). A real
+        /// handshake takes milliseconds, and a client's retransmitted SYN renews the entry;
+        /// a spoofed SYN flood's entries are gone this long after it ends instead of filling
+        /// the table for minutes. 0 leaves both sysctls alone.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        half_open_timeout: u32,
     },
     /// Print the nftables table `run` would install, as `nft -f` text.
     Rules {

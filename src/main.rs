@@ -50,6 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sched_index,
             pin_workers,
             queue_maxlen,
+            half_open_timeout,
         } => {
             daemon::run(daemon::RunOptions {
                 rules,
@@ -64,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 expire_nodest,
                 pin_workers,
                 queue_maxlen,
+                half_open_timeout,
                 sched: nfvs::sched::SchedOptions {
                     overhead: overhead.into(),
                     seed: sched_seed,

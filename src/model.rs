@@ -313,6 +313,21 @@ impl<V> FlowMap<V> {
         }
     }
 
+    /// Gives memory back after a burst (a SYN flood's connections, expired): when at most a
+    /// quarter of the table is used, it shrinks to twice what it holds. Whether it did.
+    pub fn shrink_if_sparse(&mut self) -> bool {
+        let mut shrunk = false;
+        if self.v4.capacity() > 1024 && self.v4.len() * 4 < self.v4.capacity() {
+            self.v4.shrink_to(self.v4.len() * 2);
+            shrunk = true;
+        }
+        if self.v6.capacity() > 1024 && self.v6.len() * 4 < self.v6.capacity() {
+            self.v6.shrink_to(self.v6.len() * 2);
+            shrunk = true;
+        }
+        shrunk
+    }
+
     pub fn retain(&mut self, mut f: impl FnMut(&V) -> bool) {
         self.v4.retain(|_, v| f(v));
         self.v6.retain(|_, v| f(v));

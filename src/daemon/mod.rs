@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub pin_workers: bool,
     /// SYNs a queue holds before the kernel drops (or, fallback, accepts) more.
     pub queue_maxlen: u32,
+    /// Seconds a TCP entry may stay half-open (SYN_SENT, SYN_RECV); 0: conntrack's own.
+    pub half_open_timeout: u32,
     /// Director-wide scheduler settings (overhead formula, seed, incremental mode).
     pub sched: crate::sched::SchedOptions,
 }

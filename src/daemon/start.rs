@@ -58,7 +58,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     cleanup.control = Some(opts.control.clone());
 
     let sysctl = Sysctl::system(&opts.state_dir);
-    let wanted = wanted_sysctls(&sysctl, opts.expire_nodest)?;
+    let wanted = wanted_sysctls(&sysctl, &opts)?;
     // Record the sysctl guard before applying, so a half-applied set is still restored.
     cleanup.sysctl = Some(sysctl.clone());
     sysctl.apply(&wanted)?;
@@ -183,10 +183,19 @@ fn start_events() -> anyhow::Result<SyncSender<Arc<Shared>>> {
 
 /// The sysctls nfvs sets: the seed's director settings, plus conntrack accounting (packet and
 /// byte counters for `--stats`).
-fn wanted_sysctls(s: &Sysctl, expire_nodest: bool) -> anyhow::Result<Vec<Setting>> {
+fn wanted_sysctls(s: &Sysctl, opts: &RunOptions) -> anyhow::Result<Vec<Setting>> {
     let mut w = s.director_settings()?;
     w.push(Setting::new("net/netfilter/nf_conntrack_acct", "1"));
-    if expire_nodest {
+    if opts.half_open_timeout > 0 {
+        // Issue 11 #4: a spoofed SYN flood's entries (SYN_SENT: their SYNs die in routing;
+        // SYN_RECV: the real server answered a source that will never ACK) held the table for
+        // two minutes. IPVS keeps its own, shorter, half-open timers; nfvs's entries are
+        // conntrack's, whose timers for these states are per namespace.
+        let t = opts.half_open_timeout.to_string();
+        w.push(Setting::new("net/netfilter/nf_conntrack_tcp_timeout_syn_sent", t.clone()));
+        w.push(Setting::new("net/netfilter/nf_conntrack_tcp_timeout_syn_recv", t));
+    }
+    if opts.expire_nodest {
         // An expired flow must stay dead. With loose pick-up (the default) the real server's
         // next segment re-creates an entry mid-stream and MASQUERADE maps it back to VIP:port,
         // so the flow carries on. Without it that segment is INVALID and not NATed; the

@@ -34,7 +34,9 @@ pub(super) fn run(sh: &Shared) {
         let full = sh.lock().conns.len() <= FULL_SAMPLE_MAX;
         sample_traffic(sh, &mut ct, full);
         let now = sh.now();
-        sh.lock().tick(now);
+        if sh.lock().tick(now) {
+            os::give_back_memory();
+        }
         super::watch::check(sh);
         crate::events::flush_repeats(false);
     }

@@ -237,11 +237,13 @@ impl Engine {
     }
 
     /// The clock's tick (every [`crate::stats::ESTIMATOR_INTERVAL`]): rate estimators, and
-    /// expiry of persistence templates and of the foreign finished entries.
-    pub fn tick(&mut self, now: Duration) {
+    /// expiry of persistence templates and of the foreign finished entries. Whether memory
+    /// was given back (the connection map shrank after a burst).
+    pub fn tick(&mut self, now: Duration) -> bool {
         self.stats.tick();
         self.table.expire_templates(now);
         self.foreign.expire(now);
+        self.conns.shrink_if_sparse()
     }
 
     /// Applies one table edit with what goes with it: statistics of deleted services and

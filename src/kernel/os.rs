@@ -161,6 +161,14 @@ pub fn lock_director() -> Result<DirectorLock, LockError> {
     Err(LockError::Taken(pid))
 }
 
+/// Returns freed heap memory to the system (glibc keeps it otherwise: after a large table is
+/// freed, its dynamic mmap threshold puts the next ones on the heap), so RSS falls after a
+/// burst. Called rarely (the connection map shrank).
+pub fn give_back_memory() {
+    // SAFETY: malloc_trim has no preconditions; 0 keeps no extra padding.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Whether the process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
