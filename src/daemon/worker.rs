@@ -8,7 +8,7 @@
 //! live: a retransmission or a quick reuse) is looked up after the lock is released and
 //! decided under a second lock, so no netlink round trip ever runs under the lock.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use log::debug;
@@ -49,6 +49,14 @@ const SENT_RING: usize = 4096;
 /// Verdicts are sent with sequence number 0; ctnetlink requests never are.
 const VERDICT_SEQ: u32 = 0;
 
+/// A connection refused for want of a server, reported after the lock is released.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    client: SocketAddr,
+    vip: SocketAddrV4,
+    sched: &'static str,
+}
+
 /// A request or verdict the kernel refused, reported after the lock is released.
 struct Failure {
     errno: i32,
@@ -76,8 +84,8 @@ struct Batch {
     /// Decisions to log once the lock is released.
     decided: Vec<Balanced>,
     failures: Vec<Failure>,
-    /// Queue ids of SYNs to answer with ICMP port unreachable.
-    refuse: Vec<u32>,
+    /// SYNs to answer with ICMP port unreachable (queue id), and their decision lines.
+    refuse: Vec<(u32, Refusal)>,
     /// Queue ids (and tuples) of SYNs the engine deferred for a conntrack look-up.
     deferred: Vec<(u32, Tuple)>,
 }
@@ -155,9 +163,7 @@ impl Batch {
             }
             Decision::Refuse { client, vip, sched } => {
                 LoopStats::bump(&ls.no_dest);
-                Event::Refused { client, vip, sched }.emit();
-                Event::NoEligible { vip, sched }.emit();
-                self.refuse.push(id);
+                self.refuse.push((id, Refusal { client, vip, sched }));
                 Verdict::Drop
             }
             Decision::Balance(b) => {
@@ -215,7 +221,7 @@ impl Worker {
             }
             LoopStats::bump(&sh.loop_stats.batches);
             self.b.log_decisions = log::log_enabled!(log::Level::Info);
-            self.decide_batch(sh, &mut NoLookup, |_| true);
+            self.decide_batch(sh);
             self.queue.flush(&mut self.b.out)?;
             if !self.b.deferred.is_empty() {
                 self.decide_deferred(sh)?;
@@ -224,17 +230,13 @@ impl Worker {
         }
     }
 
-    /// Decides, under one lock, the messages of the batch that `pick` selects (by queue id;
-    /// failure answers always).
-    fn decide_batch(&mut self, sh: &Shared, lookup: &mut dyn Lookup, pick: impl Fn(u32) -> bool) {
+    /// Decides the batch under one lock; a SYN that needs a look-up is deferred.
+    fn decide_batch(&mut self, sh: &Shared) {
         let mut engine = sh.lock();
         let now = sh.now();
         let b = &mut self.b;
         for data in self.queue.datagrams() {
-            parse_datagram(data, |m| match m {
-                Msg::Packet { id, .. } if !pick(id) => {}
-                m => b.handle(sh, &mut engine, m, now, lookup),
-            });
+            parse_datagram(data, |m| b.handle(sh, &mut engine, m, now, &mut NoLookup));
         }
     }
 
@@ -272,11 +274,11 @@ impl Worker {
     /// With the lock released: ICMP refusals, then the log lines of the batch.
     fn refuse_and_report(&mut self, sh: &Shared) {
         if !self.b.refuse.is_empty() {
-            let refuse = std::mem::take(&mut self.b.refuse);
+            let mut refuse = std::mem::take(&mut self.b.refuse);
             for data in self.queue.datagrams() {
                 parse_datagram(data, |m| {
                     if let (Msg::Packet { id, payload }, Some(r)) = (m, &sh.refuser) {
-                        if refuse.contains(&id) {
+                        if refuse.iter().any(|(i, _)| *i == id) {
                             if let Err(e) = r.refuse(payload) {
                                 debug!("ICMP port unreachable for queued packet {id}: {e}");
                             }
@@ -284,8 +286,11 @@ impl Worker {
                     }
                 });
             }
+            for (_, Refusal { client, vip, sched }) in refuse.drain(..) {
+                Event::Refused { client, vip, sched }.emit();
+                Event::NoEligible { vip, sched }.emit();
+            }
             self.b.refuse = refuse;
-            self.b.refuse.clear();
         }
         for d in self.b.decided.drain(..) {
             Event::Conn { client: d.client(), vip: d.svc.vip(), sched: d.sched, rs: d.rip(), persistent: d.persistent }.emit();
