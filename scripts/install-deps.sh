@@ -2,8 +2,9 @@
 # Installs what nfvs needs to build, run its demo and its tests on Debian 12, and only what is
 # missing: on a machine that has everything it changes nothing and runs no `apt-get update`.
 #
-# usage: scripts/install-deps.sh [--bench]
+# usage: scripts/install-deps.sh [--bench] [--torture]
 #   --bench   also the benchmark tools (haproxy, wrk, iperf3)
+#   --torture also scripts/torture.sh's tools (hping3, python3)
 #
 # Rust: a toolchain in ~/.cargo/bin (rustup's) is used when present. Otherwise Debian's own is
 # installed: rustup's installer downloads its toolchain from outside Debian, which may not be
@@ -17,12 +18,13 @@ set -euo pipefail
 say() { echo "install-deps: $*"; }
 die() { echo "install-deps: $*" >&2; exit 1; }
 
-bench=0
+bench=0 torture=0
 for arg in "$@"; do
     case $arg in
         --bench) bench=1 ;;
-        -h | --help) sed -n '5,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown option '$arg' (expected --bench)" ;;
+        --torture) torture=1 ;;
+        -h | --help) sed -n '5,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option '$arg' (expected --bench or --torture)" ;;
     esac
 done
 
@@ -52,6 +54,7 @@ wanted=(
     "iptables iptables"
 )
 ((bench)) && wanted+=("haproxy haproxy" "wrk wrk" "iperf3 iperf3")
+((torture)) && wanted+=("hping3 hping3" "python3 python3")
 
 missing=()
 for entry in "${wanted[@]}"; do
