@@ -76,6 +76,8 @@ pub struct RunOptions {
 pub struct LoopStats {
     pub scheduled: AtomicU64,
     pub retransmits: AtomicU64,
+    /// SYNs whose tuple looked live, decided after a conntrack look-up (outside the lock).
+    pub lookups: AtomicU64,
     /// Reused source ports whose finished old entry was deleted first.
     pub reused_ports: AtomicU64,
     pub no_dest: AtomicU64,
@@ -102,13 +104,14 @@ impl LoopStats {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
             "this run scheduled {} connection(s) ({} on a reused source port whose finished entry was deleted first) \
-             in {} queue read(s), saw {} retransmitted SYN(s), refused {} (no eligible server), {} conntrack create(s) \
+             in {} queue read(s) ({} after a conntrack look-up), saw {} retransmitted SYN(s), refused {} (no eligible server), {} conntrack create(s) \
              failed (their SYNs went to the guard rule); the kernel dropped {} SYN(s) on a full queue; {} packet(s) were \
              not new TCP or UDP, {} were to no service (a table edit raced them), {} came from martian sources \
              (dropped)",
             n(&self.scheduled),
             n(&self.reused_ports),
             n(&self.batches),
+            n(&self.lookups),
             n(&self.retransmits),
             n(&self.no_dest),
             n(&self.ct_errors),

@@ -144,7 +144,10 @@ impl Batch {
     fn carry_out(&mut self, sh: &Shared, id: u32, d: Decision) {
         let ls = &sh.loop_stats;
         let verdict = match d {
-            Decision::Lookup(t) => return self.deferred.push((id, t)),
+            Decision::Lookup(t) => {
+                LoopStats::bump(&ls.lookups);
+                return self.deferred.push((id, t));
+            }
             Decision::NotOurs => {
                 LoopStats::bump(&ls.not_ours);
                 Verdict::Accept
