@@ -350,3 +350,62 @@ fn a_syn_flood_leaves_no_aftermath() {
     let log_lines = d.log().lines().count();
     assert!(log_lines < 100, "{log_lines} log lines at warn");
 }
+
+/// Issue 11 #8: the control socket served one client at a time with no deadline: idle
+/// clients stalled `adm -L` for 10 s each, a client dribbling a byte every few seconds held it
+/// for half a minute, and a 16 MB request took 420 MB of RSS. Clients are served
+/// independently, each with a deadline and a size limit.
+#[test]
+fn slow_control_clients_hold_up_nobody() {
+    require_root();
+    let lab = Lab::up();
+    let sock = lab.runtime_dir().join("adm.sock");
+    let d = lab.nfvs().arg("--control").arg(sock.to_string_lossy()).start().unwrap();
+    let idle: Vec<_> = (0..6).map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap()).collect();
+    let dribbler = {
+        let sock = sock.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            for b in b"nfvs-adm 1\n-L\0\0" {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let adm = |args: &[&str]| {
+        let t = std::time::Instant::now();
+        let out = lab.command(Role::Director, nfvs_bin()).args(["adm", "--control", sock.to_str().unwrap()]).args(args).output().unwrap();
+        (out, t.elapsed())
+    };
+    let (out, took) = adm(&["-L", "-n"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(took < Duration::from_secs(1), "-L took {took:?} with 6 idle clients and a dribbler");
+
+    // A 16 MB request: refused, quickly, without the daemon growing by it.
+    let hwm_before = vm_rss_kb(d.pid(), "VmHWM:");
+    let t = std::time::Instant::now();
+    let reply = {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let mut req = b"nfvs-adm 1\n-R\0\0".to_vec();
+        req.resize(16 << 20, b'x');
+        let _ = s.write_all(&req);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        r
+    };
+    assert!(reply.contains("larger than 4 MiB"), "{reply:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let hwm = vm_rss_kb(d.pid(), "VmHWM:");
+    assert!(hwm < hwm_before + 16 * 1024, "VmHWM {hwm_before} -> {hwm} kB");
+    // The dribbler's request expires; the daemon still answers.
+    dribbler.join().unwrap();
+    drop(idle);
+    let (out, _) = adm(&["-L", "-n"]);
+    assert!(out.status.success());
+}

@@ -17,10 +17,18 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const MAGIC: &[u8] = b"nfvs-adm 1\n";
-/// Requests larger than this are refused (a restore of ~100k lines fits).
-const MAX_REQUEST: u64 = 16 << 20;
+/// Requests larger than this are refused, unread (a restore of 10,000 services with a real
+/// server each is about 1 MiB).
+pub const MAX_REQUEST: usize = 4 << 20;
+/// The whole request must arrive within this, however it trickles in.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Clients served at once; one more is answered "busy" at once.
+pub const MAX_CLIENTS: usize = 16;
 
 /// What the daemon answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -170,20 +178,50 @@ impl Server {
         &self.path
     }
 
-    /// Serves requests forever, one at a time, with `handle`.
-    pub fn serve(&self, mut handle: impl FnMut(Request) -> Reply) {
+    /// Serves requests forever with `handle`, each client in a thread of its own (at most
+    /// [`MAX_CLIENTS`] at once), so an idle or trickling client holds up no other (issue 11
+    /// #8): each has [`REQUEST_DEADLINE`] to send at most [`MAX_REQUEST`] bytes.
+    pub fn serve(&self, handle: impl Fn(Request) -> Reply + Send + Sync + 'static) {
+        let handle = Arc::new(handle);
+        let busy = Arc::new(AtomicUsize::new(0));
         for conn in self.listener.incoming() {
             let Ok(mut s) = conn else { continue };
-            // The request is read in either case: closing a Unix socket with unread data makes
-            // the peer's read fail with ECONNRESET, and the refusal would never reach it.
-            let request = read_request(&mut s);
-            let reply = match (peer_uid(&s), request) {
-                (Some(0), Ok(req)) => handle(req),
-                (Some(0), Err(e)) => Reply::err(255, e),
-                _ => Reply::err(255, "Permission denied (you must be root)"),
-            };
-            let _ = s.write_all(&encode_reply(&reply));
+            if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                busy.fetch_sub(1, Ordering::AcqRel);
+                // Answered here, at once: no thread for it, and only a short wait for its
+                // request (read so the answer is not lost to ECONNRESET, see serve_one).
+                let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+                let _ = s.read(&mut [0u8; 4096]);
+                let msg = format!("the nfvs daemon is busy with {MAX_CLIENTS} other nfvs adm clients; try again");
+                let _ = s.write_all(&encode_reply(&Reply::err(255, msg)));
+                continue;
+            }
+            let (handle, done) = (handle.clone(), busy.clone());
+            let spawned = std::thread::Builder::new().name("control-client".into()).spawn(move || {
+                serve_one(&mut s, &*handle);
+                done.fetch_sub(1, Ordering::AcqRel);
+            });
+            if spawned.is_err() {
+                busy.fetch_sub(1, Ordering::AcqRel);
+            }
         }
+    }
+}
+
+/// One client: its request (read in either case: closing a Unix socket with unread data makes
+/// the peer's read fail with ECONNRESET, and a refusal would never reach it), the answer.
+fn serve_one(s: &mut UnixStream, handle: &dyn Fn(Request) -> Reply) {
+    let request = read_request(s);
+    let big = request.as_ref().is_ok_and(|r| r.stdin.len() > 1 << 20);
+    let reply = match (peer_uid(s), request) {
+        (Some(0), Ok(req)) => handle(req),
+        (Some(0), Err(e)) => Reply::err(255, e),
+        _ => Reply::err(255, "Permission denied (you must be root)"),
+    };
+    let _ = s.write_all(&encode_reply(&reply));
+    if big {
+        // A large restore's buffers are freed by now: give the memory back.
+        crate::kernel::os::give_back_memory();
     }
 }
 
@@ -193,10 +231,30 @@ impl Drop for Server {
     }
 }
 
+/// Reads a whole request within [`REQUEST_DEADLINE`] and [`MAX_REQUEST`] bytes.
 fn read_request(s: &mut UnixStream) -> Result<Request, String> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut buf = Vec::new();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    s.take(MAX_REQUEST).read_to_end(&mut buf).map_err(|e| format!("reading request: {e}"))?;
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("the request did not arrive within {}s", REQUEST_DEADLINE.as_secs()));
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if buf.len() + n > MAX_REQUEST => {
+                return Err(format!("the request is larger than {} MiB: refused", MAX_REQUEST >> 20));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(format!("the request did not arrive within {}s", REQUEST_DEADLINE.as_secs()));
+            }
+            Err(e) => return Err(format!("reading request: {e}")),
+        }
+    }
     decode_request(&buf)
 }
 

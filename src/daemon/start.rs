@@ -98,7 +98,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let sh = shared.clone();
     spawn("ticker", move || ticker::run(&sh));
     let sh = shared.clone();
-    spawn("control", move || server.serve(|req| control::handle(&sh, req)));
+    spawn("control", move || server.serve(move |req| control::handle(&sh, req)));
     announce_ready(&shared, queue.num());
     // Pinned last: the threads spawned above inherit the affinity of the one spawning them.
     if shared.opts.pin_workers {
