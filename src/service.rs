@@ -225,6 +225,19 @@ pub enum EditError {
     /// IPVS would take it; nfvs's rules cannot express it (e.g. port 0, all ports).
     #[error("{0}")]
     Unsupported(String),
+    /// The lower threshold is above the upper one (`-y` > `-x`, a missing `-x` being 0): the
+    /// kernel answers ERANGE (ip_vs_add_dest, ip_vs_edit_dest), for which libipvs has no
+    /// message of its own, so ipvsadm prints strerror's.
+    #[error("Numerical result out of range")]
+    ThresholdRange { lower: u32, upper: u32 },
+}
+
+/// The kernel's check of a destination's thresholds (before it looks for the destination).
+fn check_thresholds(spec: &DestSpec) -> Result<(), EditError> {
+    if spec.l_threshold > spec.u_threshold {
+        return Err(EditError::ThresholdRange { lower: spec.l_threshold, upper: spec.u_threshold });
+    }
+    Ok(())
 }
 
 /// All virtual services, in creation order, and the director-wide scheduler settings
@@ -317,6 +330,7 @@ impl Table {
     pub fn add_dest(&mut self, key: &ServiceKey, spec: DestSpec) -> Result<DestId, EditError> {
         let id = DestId(self.next_dest);
         let svc = self.service_mut(key).ok_or(EditError::NoService)?;
+        check_thresholds(&spec)?;
         if svc.dest_index(spec.addr, spec.port).is_some() {
             return Err(EditError::DestExists);
         }
@@ -332,6 +346,7 @@ impl Table {
     /// `-e`: new weight and thresholds for an existing destination.
     pub fn edit_dest(&mut self, key: &ServiceKey, spec: DestSpec) -> Result<(), EditError> {
         let svc = self.service_mut(key).ok_or(EditError::NoService)?;
+        check_thresholds(&spec)?;
         let i = svc.dest_index(spec.addr, spec.port).ok_or(EditError::NoDest)?;
         let d = &mut svc.dests[i];
         d.weight = spec.weight;

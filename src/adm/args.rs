@@ -297,7 +297,7 @@ fn refuse_sctp(_word: &str) -> UsageError {
 }
 
 fn refuse_ipv6(word: &str) -> UsageError {
-    UsageError::new("IPv6 services are not supported by nfvs").hint(format!("'{word}': nfvs balances IPv4 TCP services"))
+    UsageError::new("IPv6 services are not supported by nfvs").hint(format!("'{}': nfvs balances IPv4 TCP services", super::shorten(word)))
 }
 
 /// The option of `--name=value` as written.
@@ -306,18 +306,18 @@ fn option_of(word: &str) -> &str {
 }
 
 fn refuse_pe(word: &str) -> UsageError {
-    UsageError::new(format!("persistence engines ({}) are not supported by nfvs", option_of(word)))
+    UsageError::new(format!("persistence engines ({}) are not supported by nfvs", super::shorten(option_of(word))))
         .hint("nfvs's persistence is by client address (-p, -M); IPVS's one engine, sip, is for UDP")
 }
 
 /// `--tun-*`: the options of `-i`, refused as `-i` is.
 fn refuse_tunnel(word: &str) -> UsageError {
-    UsageError::new(format!("tunnelling ({}) is not supported by nfvs", option_of(word)))
+    UsageError::new(format!("tunnelling ({}) is not supported by nfvs", super::shorten(option_of(word))))
         .hint("nfvs does LVS NAT mode only: use -m")
 }
 
 fn refuse_tun_info(word: &str) -> UsageError {
-    UsageError::new(format!("tunnel information ({word}) is not supported by nfvs"))
+    UsageError::new(format!("tunnel information ({}) is not supported by nfvs", super::shorten(word)))
         .hint("nfvs has no tunnels: every real server is NAT (Masq), as -L shows")
 }
 
@@ -336,7 +336,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<RawArgs, UsageError> {
                 None => (long, None),
             };
             let def = OPTS.iter().find(|d| d.long == name).ok_or_else(|| {
-                UsageError::unparseable(format!("{w}: unknown option"))
+                UsageError::unparseable(format!("{}: unknown option", super::shorten(w)))
                     .hint("see `nfvs adm --help` for the options nfvs understands")
             })?;
             let value = take_value(def, inline, &words, &mut i, w)?;
@@ -379,7 +379,7 @@ fn take_value(
     match def.arg {
         Arg::None => {
             if inline.is_some() {
-                return Err(UsageError::unparseable(format!("{word}: option does not take an argument")));
+                return Err(UsageError::unparseable(format!("{}: option does not take an argument", super::shorten(word))));
             }
             Ok(None)
         }
@@ -392,7 +392,7 @@ fn take_value(
                     *i += 1;
                     Ok(Some(v.to_string()))
                 }
-                None => Err(UsageError::unparseable(format!("{word}: missing argument"))),
+                None => Err(UsageError::unparseable(format!("{}: missing argument", super::shorten(word)))),
             }
         }
         // popt's POPT_ARGFLAG_OPTIONAL: the next word is the value unless it starts with '-'.

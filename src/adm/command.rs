@@ -162,7 +162,7 @@ impl RawArgs {
             });
         }
         if let Some(x) = self.extra.first() {
-            return Err(UsageError::new(format!("unexpected argument {x}")));
+            return Err(UsageError::new(format!("unexpected argument {}", super::shorten(x))));
         }
         if self.fwmark.is_some() {
             return Err(UsageError::new("fwmark services are not supported by nfvs")
@@ -358,7 +358,7 @@ fn number(s: &str, min: u32, max: u32) -> Option<u32> {
 }
 
 fn parse_timeout(s: &str, min: u32) -> Result<u32, UsageError> {
-    number(s, min, MAX_TIMEOUT).ok_or_else(|| UsageError::new(format!("invalid timeout value `{s}' specified")))
+    number(s, min, MAX_TIMEOUT).ok_or_else(|| UsageError::new(format!("invalid timeout value `{}' specified", super::shorten(s))))
 }
 
 /// `-M`: a dotted mask or a prefix length.
@@ -384,7 +384,7 @@ fn parse_sched_flags(s: &str, sched: &str) -> Result<SchedFlags, UsageError> {
             "sh-port" if sched == "sh" => f.flag2 = true,
             "mh-fallback" if sched == "mh" => f.flag1 = true,
             "mh-port" if sched == "mh" => f.flag2 = true,
-            _ => return Err(UsageError::new(format!("invalid scheduler flag `{word}'"))
+            _ => return Err(UsageError::new(format!("invalid scheduler flag `{}'", super::shorten(word)))
                 .hint("flags are flag-1, flag-2, flag-3, sh-fallback, sh-port (with -s sh), mh-fallback, mh-port (with -s mh)")),
         }
     }
@@ -412,7 +412,7 @@ fn parse_host_port(text: &str, proto: Protocol) -> Option<(Ipv4Addr, Option<u16>
 fn parse_service(proto: Protocol, text: &str) -> Result<ServiceKey, UsageError> {
     let (addr, port) = parse_host_port(text, proto).ok_or_else(|| {
         UsageError::new("illegal virtual server address[:port] specified")
-            .hint(format!("'{text}': nfvs takes a numeric IPv4 address and port, e.g. 192.168.199.200:80"))
+            .hint(format!("'{}': nfvs takes a numeric IPv4 address and port, e.g. 192.168.199.200:80", super::shorten(text)))
     })?;
     if proto == Protocol::Udp {
         return Err(UsageError::new("UDP services are not supported by nfvs yet")
@@ -436,6 +436,10 @@ pub fn edit_message(cmd: &Command, e: &EditError) -> String {
 pub fn edit_hint(e: &EditError) -> Option<String> {
     match e {
         EditError::Scheduler(u) => Some(u.to_string()),
+        EditError::ThresholdRange { lower, upper } => Some(format!(
+            "the lower threshold (-y {lower}) is above the upper one (-x {upper}{}): give -x at least -y",
+            if *upper == 0 { ", none given" } else { "" }
+        )),
         _ => None,
     }
 }

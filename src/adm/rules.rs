@@ -19,6 +19,9 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Line { path: String, line: usize, message: String },
+    /// The file as a whole cannot be a rules file (its kind, its size).
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
     #[error("{path}: no virtual service defined (add a line such as `-A -t 192.168.199.200:80 -s wrr`)")]
     Empty { path: String },
 }
@@ -71,13 +74,56 @@ pub fn load_rules_with(path: &Path, defaults: SchedOptions) -> Result<Table, Con
 /// [`load_rules_with`], the warnings returned with the table.
 pub fn read_rules(path: &Path, defaults: SchedOptions) -> Result<Rules, ConfigError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+    let bytes = read_regular_file(path).map_err(|e| match e {
+        Unreadable::Io(source) => ConfigError::Read { path: p.clone(), source },
+        Unreadable::Kind(message) => ConfigError::File { path: p.clone(), message },
+    })?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let text = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let line = text.iter().filter(|&&b| b == b'\n').count() + 1;
         ConfigError::Line { path: p.clone(), line, message: "not UTF-8 text".into() }
     })?;
     parse_rules_text(&text, &p, defaults)
+}
+
+/// Rules files are read whole into memory: larger ones are refused (10,000 services with a
+/// real server each take about 1 MiB).
+pub const MAX_RULES_FILE: u64 = 64 << 20;
+
+enum Unreadable {
+    Io(std::io::Error),
+    Kind(String),
+}
+
+/// A regular file's bytes, opened without blocking: a FIFO given as the rules file used to
+/// hang the signal thread (SIGTERM ignored until someone wrote to it; issue 11 #9).
+fn read_regular_file(path: &Path) -> Result<Vec<u8>, Unreadable> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(Unreadable::Io)?;
+    let meta = f.metadata().map_err(Unreadable::Io)?;
+    if !meta.is_file() {
+        return Err(Unreadable::Kind("not a regular file (a FIFO, a device, a directory...): nfvs reads rules from regular files only".into()));
+    }
+    if meta.len() > MAX_RULES_FILE {
+        return Err(Unreadable::Kind(format!("{} bytes: larger than the {} MiB nfvs reads", meta.len(), MAX_RULES_FILE >> 20)));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.by_ref().take(MAX_RULES_FILE + 1).read_to_end(&mut bytes).map_err(Unreadable::Io)?;
+    Ok(bytes)
+}
+
+/// A line without its comment: `#` at the start of a word starts one, as at the start of a
+/// line (`-A -t VIP:80 -s wrr # the web site`). No word of ipvsadm's language starts with it.
+pub fn strip_comment(line: &str) -> &str {
+    let mut prev_space = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && prev_space {
+            return &line[..i];
+        }
+        prev_space = c.is_whitespace();
+    }
+    line
 }
 
 /// [`load_rules`] on text already read; `path` only names the source in errors.
@@ -94,15 +140,20 @@ pub fn parse_rules_with(text: &str, path: &str, defaults: SchedOptions) -> Resul
 pub fn parse_rules_text(text: &str, path: &str, defaults: SchedOptions) -> Result<Rules, ConfigError> {
     let mut table = Table::with_defaults(defaults);
     let mut warnings = Vec::new();
+    // A UTF-8 byte order mark, as some Windows editors write, is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (n, line) in text.lines().enumerate() {
         let err = |message: String| ConfigError::Line { path: path.to_string(), line: n + 1, message };
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
+        let trimmed = strip_comment(line).trim();
+        if trimmed.is_empty() {
             continue;
         }
         let cmd = parse_line(trimmed).map_err(|e| err(e.to_string()))?;
         if !cmd.is_edit() {
-            return Err(err(format!("'{trimmed}' does not edit the table; a rules file holds only -A -E -D -C -a -e -d lines")));
+            return Err(err(format!(
+                "'{}' does not edit the table; a rules file holds only -A -E -D -C -a -e -d lines",
+                super::shorten(trimmed)
+            )));
         }
         apply(&mut table, &cmd).map_err(|e| {
             let mut m = edit_message(&cmd, &e);
@@ -184,6 +235,48 @@ mod tests {
 
     fn err_of(text: &str) -> String {
         parse_rules(text, "t.rules").unwrap_err().to_string()
+    }
+
+    /// Issue 11 #9: `#` after the words, and a UTF-8 byte order mark, as the README promises
+    /// and editors write.
+    #[test]
+    fn comments_after_words_and_a_byte_order_mark() {
+        let text = "\u{feff}-A -t 192.168.199.200:80 -s wrr # the web site\n\
+                    -a -t 192.168.199.200:80 -r 192.168.226.130:80 -m -w 1\t# rs1\n";
+        let t = parse_rules(text, "t").unwrap();
+        assert_eq!((t.services().len(), t.services()[0].dests.len()), (1, 1));
+        assert_eq!(strip_comment("-A -t 1.2.3.4:80 -s wrr#x"), "-A -t 1.2.3.4:80 -s wrr#x", "not at a word's start");
+    }
+
+    /// Issue 11 #9: `-x 10 -y 20` (lower above upper) was taken; the kernel answers ERANGE.
+    #[test]
+    fn lower_threshold_above_upper_is_out_of_range() {
+        for dest in ["-x 10 -y 20", "-y 5"] {
+            let text = format!("-A -t 10.0.0.1:80 -s wlc\n-a -t 10.0.0.1:80 -r 10.0.1.1:80 -m {dest}\n");
+            let e = parse_rules(&text, "f").unwrap_err().to_string();
+            assert!(e.starts_with("f:2: Numerical result out of range (the lower threshold"), "{dest}: {e}");
+        }
+        let ok = "-A -t 10.0.0.1:80 -s wlc\n-a -t 10.0.0.1:80 -r 10.0.1.1:80 -m -x 20 -y 20\n";
+        assert!(parse_rules(ok, "f").is_ok());
+    }
+
+    /// Issue 11 #9: a FIFO as the rules file hung the reader (and with it SIGTERM); only regular
+    /// files are read, without blocking. A 10 MB bad line is quoted shortened.
+    #[test]
+    fn a_fifo_is_refused_at_once_and_bad_input_is_quoted_short() {
+        let dir = std::env::temp_dir().join(format!("nfvs-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("rules.fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let t = std::time::Instant::now();
+        let e = read_rules(&fifo, SchedOptions::default()).err().expect("a FIFO is no rules file").to_string();
+        assert!(t.elapsed() < std::time::Duration::from_secs(1) && e.contains("not a regular file"), "{e}");
+        let long = format!("-A -t 10.0.0.1:80 -s rr\n-a --{}\n", "x".repeat(10 << 20));
+        let e = parse_rules(&long, "f").unwrap_err().to_string();
+        assert!(e.len() < 300 && e.contains("bytes)"), "{} bytes: {}", e.len(), &e[..e.len().min(300)]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::{ticker, Shared};
 use crate::adm::command::{self, Command, ListFormat, ListWhat, UsageError};
 use crate::adm::etc_services::PortNames;
 use crate::adm::listing::{self, ConnRow};
-use crate::adm::{args, usage};
+use crate::adm::{args, rules, usage};
 use crate::engine::EditEffects;
 use crate::events::{EditSource, Event};
 use crate::kernel::conntrack::Conntrack;
@@ -86,11 +86,13 @@ fn list(sh: &Shared, what: &ListWhat, fmt: &ListFormat) -> Reply {
 /// it applied. The edits share one lock and one table install at the end.
 fn restore(sh: &Shared, stdin: &str) -> Reply {
     let mut cmds = Vec::new();
-    for line in stdin.lines().filter(|l| !l.trim().is_empty()) {
+    // As in a rules file: a byte order mark and `#` comments are not part of the lines.
+    let stdin = stdin.strip_prefix('\u{feff}').unwrap_or(stdin);
+    for line in stdin.lines().map(rules::strip_comment).filter(|l| !l.trim().is_empty()) {
         match args::parse_line(line) {
             Ok(c) if c.is_edit() => cmds.push(c),
             Ok(_) => {
-                let r = Reply::err(2, format!("{line}: -R takes table edits only (-A -E -D -C -a -e -d)"));
+                let r = Reply::err(2, format!("{}: -R takes table edits only (-A -E -D -C -a -e -d)", crate::adm::shorten(line)));
                 return edits_then(sh, &cmds, r);
             }
             Err(e) => return edits_then(sh, &cmds, usage_reply(&e)),

@@ -329,3 +329,13 @@ fn an_edit_the_rules_cannot_carry_is_refused_whole() {
     e.apply_edit(&parse_line("-A -t 192.168.199.202:80 -s rr").unwrap()).unwrap();
     assert_eq!(e.table.services().len(), 2);
 }
+
+/// Issue 11 #9: over `nfvs adm` too, a lower threshold above the upper one is refused as the
+/// kernel refuses it (ERANGE), and nothing changes.
+#[test]
+fn thresholds_out_of_range_are_refused() {
+    let mut e = engine(LAB);
+    let cmd = parse_line("-e -t 192.168.199.200:80 -r 192.168.226.130:80 -m -x 10 -y 20").unwrap();
+    assert_eq!(e.apply_edit(&cmd), Err(EditError::ThresholdRange { lower: 20, upper: 10 }));
+    assert!(e.table.services()[0].dests.iter().all(|d| d.u_threshold == 0 && d.l_threshold == 0));
+}
