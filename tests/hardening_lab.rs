@@ -7,6 +7,23 @@ use std::time::Duration;
 
 use common::*;
 
+/// A rules file for one test, named after its lab, removed on drop (on failure too).
+struct RulesFile(std::path::PathBuf);
+
+impl RulesFile {
+    fn new(lab: &Lab, name: &str, text: &str) -> RulesFile {
+        let path = tmp_dir().join(format!("{}-{name}.rules", lab.prefix()));
+        std::fs::write(&path, text).unwrap();
+        RulesFile(path)
+    }
+}
+
+impl Drop for RulesFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Issue 11 #1: a second daemon with its own queue, control socket and state directory used to
 /// start next to the first, replace its table, and on its stop delete the table and set
 /// ip_forward back to 0, silently disabling the first. One director per network namespace,
@@ -46,10 +63,9 @@ fn a_second_daemon_in_the_namespace_is_refused_whatever_its_flags() {
 fn the_drain_does_not_wait_for_half_open_connections() {
     require_root();
     let lab = Lab::up();
-    let rules = tmp_dir().join(format!("{}-ghost.rules", lab.prefix()));
     // 192.168.226.140 is on the real servers' network, but no host has it: SYNs go unanswered.
-    std::fs::write(&rules, "-A -t 192.168.199.200:80 -s rr\n-a -t 192.168.199.200:80 -r 192.168.226.140:80 -m\n").unwrap();
-    let mut d = lab.nfvs_with_rules(&rules).start().unwrap();
+    let rules = RulesFile::new(&lab, "ghost", "-A -t 192.168.199.200:80 -s rr\n-a -t 192.168.199.200:80 -r 192.168.226.140:80 -m\n");
+    let mut d = lab.nfvs_with_rules(&rules.0).start().unwrap();
     let mut curl = lab
         .command(Role::Client, "curl")
         .args(["-s", "-o", "/dev/null", "--max-time", "20", "http://192.168.199.200/"])
@@ -64,7 +80,6 @@ fn the_drain_does_not_wait_for_half_open_connections() {
     let took = started.elapsed();
     let _ = curl.kill();
     let _ = curl.wait();
-    let _ = std::fs::remove_file(&rules);
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(10), "stop took {took:?} (drain timeout 30 s); log:\n{}", d.log());
 }
@@ -76,10 +91,9 @@ fn the_drain_does_not_wait_for_half_open_connections() {
 fn repeated_warnings_are_aggregated() {
     require_root();
     let lab = Lab::up();
-    let rules = tmp_dir().join(format!("{}-w0.rules", lab.prefix()));
-    std::fs::write(&rules, "-A -t 192.168.199.200:80 -s wlc\n-a -t 192.168.199.200:80 -r 192.168.226.130:80 -m -w 0\n").unwrap();
+    let rules = RulesFile::new(&lab, "w0", "-A -t 192.168.199.200:80 -s wlc\n-a -t 192.168.199.200:80 -r 192.168.226.130:80 -m -w 0\n");
     let mut d = lab
-        .nfvs_with_rules(&rules)
+        .nfvs_with_rules(&rules.0)
         .env("RUST_LOG", "warn")
         .ready(Ready::Table { family: "ip".into(), name: "nfvs".into() })
         .start()
@@ -97,7 +111,6 @@ fn repeated_warnings_are_aggregated() {
     assert_eq!(refused, 300);
     std::thread::sleep(Duration::from_secs(3));
     d.stop(libc::SIGTERM, Duration::from_secs(10)).unwrap();
-    let _ = std::fs::remove_file(&rules);
     let log = d.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("no eligible real server") || l.contains("more connection(s) refused")).collect();
     assert!((1..=4).contains(&lines.len()), "{} lines:\n{log}", lines.len());
