@@ -27,8 +27,9 @@ const MAGIC: &[u8] = b"nfvs-adm 1\n";
 pub const MAX_REQUEST: usize = 4 << 20;
 /// The whole request must arrive within this, however it trickles in.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
-/// Clients served at once; one more is answered "busy" at once.
-pub const MAX_CLIENTS: usize = 16;
+/// Clients served at once (50 parallel `nfvs adm` must all be served); one more is answered
+/// "busy" at once.
+pub const MAX_CLIENTS: usize = 64;
 
 /// What the daemon answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
