@@ -33,7 +33,6 @@ pub mod rules;
 pub mod stuck;
 
 use std::ffi::CStr;
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 
@@ -212,7 +211,8 @@ pub fn route_iface(table: &str, addr: Ipv4Addr) -> Option<String> {
 }
 
 /// The rule that lets nfvs's flows through `b`, in its rule set's own language, and what to
-/// know about where it goes: `(hint, command)`.
+/// know about where it goes: `(hint, command)`. The command is a rule to add, except for
+/// firewalld's strict mode, where it is firewalld's reload after a configuration change.
 pub fn fix(b: &Blocker) -> (String, String) {
     let has = |name: &str| b.chain_names.iter().any(|c| c == name);
     let bin = match b.source {
@@ -240,7 +240,7 @@ pub fn fix(b: &Blocker) -> (String, String) {
         Source::IptablesLegacy | Source::IptablesNft => (String::new(), format!("{bin} -I {} {dnat}", b.chain)),
         Source::Nft if b.family == "inet" && b.table == "firewalld" => (
             "firewalld's StrictForwardPorts=yes rejects DNATed connections it did not make, and a rule in another \
-             table cannot undo a reject; set StrictForwardPorts=no in /etc/firewalld/firewalld.conf, then "
+             table cannot undo a reject: set StrictForwardPorts=no in /etc/firewalld/firewalld.conf; "
                 .into(),
             "firewall-cmd --reload".into(),
         ),
@@ -248,25 +248,37 @@ pub fn fix(b: &Blocker) -> (String, String) {
     }
 }
 
-/// The one warning line for a blocker found by the check named `when` (`start-up check`,
-/// `SIGHUP check`, ...).
-pub fn blocker_line(when: &str, b: &Blocker) -> String {
-    let (hint, cmd) = fix(b);
-    let mut s = format!("forward path ({when}): ");
+/// Where `b` is, as its own tools name it: `iptables-legacy's filter table, chain FORWARD`,
+/// `nft table inet filter, chain forward`.
+pub fn chain_name(b: &Blocker) -> String {
     match b.source {
-        Source::Nft => {
-            let _ = write!(s, "nft table {} {}, chain {}{}", b.family, b.table, b.chain, if b.policy_drop { " (policy drop)" } else { "" });
-        }
-        _ => {
-            let _ = write!(s, "{}'s filter table, chain {}{}", b.source, b.chain, if b.policy_drop { " (policy DROP)" } else { "" });
-        }
+        Source::Nft => format!("nft table {} {}, chain {}", b.family, b.table, b.chain),
+        _ => format!("{}'s {} table, chain {}", b.source, b.table, b.chain),
     }
-    let _ = write!(
-        s,
-        ", drops the connections nfvs balances {}: clients time out while nfvs logs and counts them; {hint}add: {cmd}",
-        b.drops
-    );
-    s
+}
+
+/// "add: COMMAND", or "run: firewall-cmd --reload" where the fix is no rule.
+pub fn advice(b: &Blocker) -> String {
+    let (hint, cmd) = fix(b);
+    let verb = if cmd.starts_with("firewall-cmd --reload") { "run" } else { "add" };
+    format!("{hint}{verb}: {cmd}")
+}
+
+/// The one warning line for a blocker found by the check named `when` (`start-up check`,
+/// `SIGHUP check`).
+pub fn blocker_line(when: &str, b: &Blocker) -> String {
+    let policy = match (b.policy_drop, b.source) {
+        (false, _) => "",
+        (true, Source::Nft) => " (policy drop)",
+        (true, _) => " (policy DROP)",
+    };
+    format!(
+        "forward path ({when}): {}{policy}, drops the connections nfvs balances {}: clients time out while nfvs logs and \
+         counts them; {}",
+        chain_name(b),
+        b.drops,
+        advice(b)
+    )
 }
 
 /// The run-time line's advice when no chain is known to drop: the rule in each form.
