@@ -8,7 +8,7 @@
 //!   ones that certainly drop one packet of an nfvs flow ([`rules`]). Run at start-up, on
 //!   SIGHUP, and when the run-time evidence appears, never per packet.
 //! - [`stuck::Watch`], run time: from the ticker's periodic dump of nfvs's entries, new
-//!   connections whose SYN was retried without a reply while none was answered.
+//!   connections left unanswered over two samples in a row while none was answered.
 //!
 //! How each rule set is read, and why:
 //! - nft: `nft list tables`, then `nft list table FAMILY NAME` for each, skipping nfvs's own

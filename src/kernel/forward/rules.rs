@@ -704,12 +704,11 @@ fn nft_values(toks: &[String], mut i: usize) -> (bool, Vec<String>, Option<Vec<(
 /// `ct status dnat`, `ct status & dnat == dnat`, `ct status & dnat != 0`: is the dnat flag
 /// required set (or, negated, clear)?
 fn ct_status(values: &[String], negated: bool) -> Cond {
-    let v: Vec<&str> = values.iter().map(String::as_str).collect();
-    match v.as_slice() {
-        [flags @ ..] if !flags.is_empty() && flags.iter().all(|f| *f == "dnat" || *f == "snat") && flags.contains(&"dnat") => {
-            Cond::StatusDnat { negated }
-        }
-        _ => Cond::Other(format!("ct status {}", values.join(" "))),
+    let flags_only = values.iter().all(|f| f == "dnat" || f == "snat");
+    if flags_only && values.iter().any(|f| f == "dnat") {
+        Cond::StatusDnat { negated }
+    } else {
+        Cond::Other(format!("ct status {}", values.join(" ")))
     }
 }
 
