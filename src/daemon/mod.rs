@@ -18,6 +18,7 @@
 
 mod control;
 mod ct_events;
+mod forward;
 mod signals;
 mod start;
 mod ticker;

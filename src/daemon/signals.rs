@@ -24,6 +24,7 @@ pub(super) fn run(sh: &Shared, signals: Signals) {
                 Ok(n) => info!("SIGHUP: reloaded the rules file ({n} change(s))"),
                 Err(e) => warn!("SIGHUP: reload refused, table unchanged: {e:#}"),
             }
+            super::forward::check_on_reload(sh);
             continue;
         }
         crate::events::flush_repeats(true);

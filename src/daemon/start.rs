@@ -75,6 +75,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     // stopped. The daemon's clock starts at zero here.
     engine.count_existing(&ct.dump(opts.ct_mark, u32::MAX)?, Duration::ZERO, false);
     log_table(&engine);
+    super::forward::check_at_start(&engine.table);
     // Before any worker runs: a SYN for such a tuple may be waiting in the queue already.
     engine.foreign = find_foreign_finished(&mut ct, &engine, start.elapsed());
 

@@ -9,6 +9,7 @@ use super::Shared;
 use crate::events::Event;
 use crate::kernel::conntrack::Conntrack;
 use crate::kernel::os;
+use crate::model::CtEntry;
 use crate::stats::ESTIMATOR_INTERVAL;
 
 /// At most this many running connections are sampled per tick (one GET each).
@@ -23,6 +24,7 @@ pub(super) fn run(sh: &Shared) {
     };
     let queues = || sh.opts.queue..sh.opts.queue.saturating_add(sh.opts.queues);
     let mut dropped = os::queue_drops(queues());
+    let mut forward = super::forward::Watch::new(sh.opts.ct_mark);
     loop {
         std::thread::sleep(ESTIMATOR_INTERVAL);
         let now_dropped = os::queue_drops(queues());
@@ -32,7 +34,7 @@ pub(super) fn run(sh: &Shared) {
         dropped = now_dropped;
         sh.loop_stats.queue_dropped.store(dropped, Ordering::Relaxed);
         let full = sh.lock().conns.len() <= FULL_SAMPLE_MAX;
-        sample_traffic(sh, &mut ct, full);
+        forward.observe(&sample_traffic(sh, &mut ct, full));
         let now = sh.now();
         if sh.lock().tick(now) {
             os::give_back_memory();
@@ -48,13 +50,17 @@ pub(super) fn run(sh: &Shared) {
 /// [`FULL_SAMPLE_MAX`] tracked connections the periodic sample reads only the active ones (one
 /// GET each, at most [`SAMPLE_LIMIT`]); closed connections are then accounted when their
 /// DESTROY event comes (up to 2 minutes later), and rates lag for short connections. Listings
-/// always sample in full. The kernel is asked with the lock released.
-pub(super) fn sample_traffic(sh: &Shared, ct: &mut Conntrack, full: bool) {
+/// always sample in full. The kernel is asked with the lock released. Returns the entries
+/// read, for the forward path's watch (issue 11 #5), which needs no dump of its own.
+pub(super) fn sample_traffic(sh: &Shared, ct: &mut Conntrack, full: bool) -> Vec<CtEntry> {
     let dumped = sh.now();
     let entries = if full {
         match ct.dump(sh.opts.ct_mark, u32::MAX) {
             Ok(e) => e,
-            Err(e) => return debug!("traffic sample: {e}"),
+            Err(e) => {
+                debug!("traffic sample: {e}");
+                return Vec::new();
+            }
         }
     } else {
         let tuples = sh.lock().conns.active_tuples(SAMPLE_LIMIT);
@@ -63,10 +69,14 @@ pub(super) fn sample_traffic(sh: &Shared, ct: &mut Conntrack, full: bool) {
             match ct.get(t) {
                 Ok(Some(e)) => entries.push(e),
                 Ok(None) => {}
-                Err(e) => return debug!("traffic sample: {e}"),
+                Err(e) => {
+                    debug!("traffic sample: {e}");
+                    return Vec::new();
+                }
             }
         }
         entries
     };
     sh.lock().sample(&entries, dumped);
+    entries
 }

@@ -7,6 +7,7 @@
 //!   ([`conntrack::CtEvents`]);
 //! - [`nfqueue`]: the queue socket, which also carries the per-SYN ctnetlink requests;
 //! - [`nftables`]: our table, installed in one batch and read back;
+//! - [`forward`]: whether other programs' forward rules drop nfvs's flows (read, never changed);
 //! - [`icmp`]: the raw socket that refuses a connection no server can take;
 //! - [`sysctl`]: the settings nfvs changes and restores;
 //! - [`os`]: signals, CPU pinning, the per-namespace director lock, privileges, /proc;
@@ -37,6 +38,7 @@
 //!     `dump_to_one_service_whatever_the_mark`).
 
 pub mod conntrack;
+pub mod forward;
 pub mod icmp;
 pub mod mmsg;
 pub mod nfqueue;
