@@ -184,6 +184,8 @@ impl Shared {
 
     /// Runs the clean-up and exits: a fatal error of a thread that cannot go on.
     fn fail(&self, msg: std::fmt::Arguments<'_>) -> ! {
+        // As a stop: nothing installs again once the clean-up has begun (daemon/watch.rs).
+        let _installing = self.install.lock().unwrap_or_else(|e| e.into_inner());
         self.cleanup.lock().unwrap_or_else(|e| e.into_inner()).run();
         crate::logging::flush();
         eprintln!("nfvs: error: {msg}");

@@ -70,11 +70,13 @@ fn reload(sh: &Shared) -> anyhow::Result<usize> {
 /// nat chain cuts running flows, so both wait for the drain. A second signal during the wait
 /// stops at once.
 fn stop(sh: &Shared, signals: &Signals) -> ! {
+    // Held until the process exits: neither an `nfvs adm` edit during the drain nor the
+    // ticker's watch (daemon/watch.rs) may put the table or the sysctls back once the stop
+    // has begun to take them away.
+    let _installing = sh.install.lock().unwrap_or_else(|e| e.into_inner());
     let installed = sh.cleanup.lock().unwrap_or_else(|e| e.into_inner()).table_installed;
     if installed && !sh.opts.drain_timeout.is_zero() {
         let draining = Ruleset { diverts: Vec::new(), fallback: Vec::new(), ..sh.ruleset(&Table::new()) };
-        // Held to the end: an `nfvs adm` edit during the drain must not put the diverts back.
-        let _installing = sh.install.lock().unwrap_or_else(|e| e.into_inner());
         match nftables::apply(&draining, sh.qimpl) {
             Ok(()) => drain(sh, signals),
             Err(e) => warn!("could not remove the divert rules before draining: {e}"),

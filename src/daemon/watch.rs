@@ -9,20 +9,20 @@ use log::{info, warn};
 use super::Shared;
 use crate::kernel::nftables;
 
-/// One check of the table and the sysctls (the ticker's).
+/// One check of the table and the sysctls (the ticker's). Under the install lock, taken like
+/// an edit takes it: no install runs meanwhile, and a stop (which holds it until the process
+/// exits) is never undone here.
 pub(super) fn check(sh: &Shared) {
-    check_table(sh);
+    let mut installed = sh.install.lock().unwrap_or_else(|e| e.into_inner());
+    check_table(sh, &mut installed);
     check_sysctls(sh);
 }
 
-fn check_table(sh: &Shared) {
-    // Taken like an edit takes it: no install runs meanwhile, and a stop's drain (which holds
-    // it to the end) is never undone here.
-    let mut installed = sh.install.lock().unwrap_or_else(|e| e.into_inner());
+fn check_table(sh: &Shared, installed: &mut crate::ruleset::Ruleset) {
     let want = sh.ruleset(&sh.lock().table);
     let what = if want != *installed {
         "does not hold the current services (an earlier install failed)"
-    } else if nftables::verify(&installed, sh.qimpl).is_err() {
+    } else if nftables::verify(installed, sh.qimpl).is_err() {
         "was removed or changed by another program"
     } else {
         return;
