@@ -18,6 +18,7 @@
 #                  nfvs says so, and whether the rule it names makes the VIP work again
 #   services-10k   10,000 services (one real server each): seconds to ready, one `adm -A`, RSS
 # Floods and loads are bounded in time and stay inside the lab's namespaces.
+# TESTS="syn-flood services-10k" runs only those (default: all five).
 # Output: the table on stdout (markdown), logs in target/torture/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -61,6 +62,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}'; }
 lt() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a < b)}'; } # numeric a < b
 ROWS=()
 row() { ROWS+=("| $1 | $2 | $3 |"); }
+want() { [[ " ${TESTS:-second-daemon syn-flood slow-control forward-drop services-10k} " == *" $1 "* ]]; }
 
 DAEMON=
 start_nfvs() { # LOG RULES [args]
@@ -86,6 +88,7 @@ stop_nfvs() {
 curl_vip() { in_client curl -s -m "${1:-2}" -o /dev/null -w '%{http_code}' "http://$VIP/" 2>/dev/null || true; }
 
 # ---- second-daemon
+if want second-daemon; then
 say "second-daemon"
 start_nfvs "$OUT/second-a.log" rules/lab.rules
 second=$(ip netns exec "$DIR_NS" "$NFVS" run --rules rules/lab.rules --queue 5 --control "$RUN/c2.sock" \
@@ -97,8 +100,10 @@ if [[ $second == *"another nfvs daemon"* ]] && in_dir nft list table ip nfvs >/d
 fi
 row second-daemon "$held" "second one: \`${second//|/\\|}\`"
 stop_nfvs
+fi
 
 # ---- syn-flood
+if want syn-flood; then
 say "syn-flood ($FLOOD_SECS s)"
 LEVEL=info start_nfvs "$OUT/flood.log" rules/lab.rules
 for i in 1 2; do
@@ -140,8 +145,10 @@ stop_nfvs
 held=no
 [[ $dl_ok == 2 && $recovered != never && $gone != never ]] && ((warns < 100)) && held=yes
 row syn-flood "$held" "downloads intact: $dl_ok/2; conntrack $ct_peak at the flood's end; real connections fine $recovered after it, flood entries gone $gone after; log $lines lines ($warns WARN); RSS $((rss0 / 1024)) MB before, $((rss_peak / 1024)) MB peak, $((rss1 / 1024)) MB after"
+fi
 
 # ---- slow-control
+if want slow-control; then
 say "slow-control"
 start_nfvs "$OUT/control.log" rules/lab.rules
 sock=$RUN/control.sock
@@ -175,8 +182,10 @@ held=no
 [[ $ok == yes ]] && lt "$list_s" 1 && ((hwm < 100 * 1024)) && held=yes
 row slow-control "$held" "\`adm -L -n\` with 6 idle clients and a dribbler: $list_s s ($ok); after a 16 MB request: RSS peak $((hwm / 1024)) MB, now $((rss / 1024)) MB"
 stop_nfvs
+fi
 
 # ---- forward-drop
+if want forward-drop; then
 say "forward-drop"
 start_nfvs "$OUT/forward.log" rules/lab.rules
 in_dir iptables -P FORWARD DROP
@@ -199,8 +208,10 @@ held=no
 [[ $said != never && $works == 200 ]] && held=yes
 line=$(grep -i 'forward' "$OUT/forward.log" | grep WARN | head -n 1 | sed 's/^\[[^]]*\] //' | cut -c1-160)
 row forward-drop "$held" "said so $said after \`iptables -P FORWARD DROP\`${line:+: \`${line//|/\\|}...\`}; with \`-m conntrack --ctstate DNAT -j ACCEPT\` the VIP answers: $works"
+fi
 
 # ---- services-10k
+if want services-10k; then
 say "services-10k"
 rules=$OUT/10k.rules
 awk 'BEGIN { for (i = 0; i < 10000; i++) {
@@ -208,6 +219,11 @@ awk 'BEGIN { for (i = 0; i < 10000; i++) {
     printf "-A -t %s:80 -s rr\n-a -t %s:80 -r 192.168.226.130:80 -m -w 1\n", vip, vip } }' >"$rules"
 t=$(now)
 if LEVEL=warn start_nfvs "$OUT/10k.log" "$rules"; then
+    # Ready: it answers nfvs adm (start-up's last step before it serves).
+    for ((i = 0; i < 1200; i++)); do
+        in_dir "$NFVS" adm --control "$RUN/control.sock" -L -n >/dev/null 2>&1 && break
+        sleep 0.1
+    done
     ready=$(since "$t")
     t=$(now)
     in_dir "$NFVS" adm --control "$RUN/control.sock" -A -t 10.99.99.1:80 -s rr >/dev/null 2>&1 || true
@@ -219,6 +235,7 @@ if LEVEL=warn start_nfvs "$OUT/10k.log" "$rules"; then
     row services-10k "$held" "ready in $ready s; one \`adm -A\` in $edit s; RSS $((rss / 1024)) MB"
 else
     row services-10k no "did not start within 60 s (log $OUT/10k.log)"
+fi
 fi
 
 printf '| test | held | numbers |\n|---|:---:|---|\n'

@@ -207,14 +207,24 @@ fn wanted_sysctls(s: &Sysctl, opts: &RunOptions) -> anyhow::Result<Vec<Setting>>
     Ok(w)
 }
 
+/// Virtual addresses up to which the foreign search dumps per address (each dump a walk of
+/// the whole conntrack table, sending only the address's entries); with more, one dump of
+/// everything is cheaper (issue 11 #7: 10,000 services took 10,000 walks at start-up).
+const DUMPS_PER_VIP_MAX: usize = 8;
+
 /// Looks for finished entries of our services nfvs did not make (see [`ForeignFinished`]),
-/// once, at start-up: one kernel-filtered dump per virtual address, each a walk of the
-/// conntrack table, as the start-up dump of nfvs's own entries is.
+/// once, at start-up.
 fn find_foreign_finished(ct: &mut Conntrack, engine: &Engine, now: Duration) -> ForeignFinished {
     let services: Vec<_> = engine.table.services().iter().map(|s| s.key()).collect();
+    let vips = ForeignFinished::vips(&services);
+    let dumps: Vec<Result<Vec<_>, _>> = if vips.len() <= DUMPS_PER_VIP_MAX {
+        vips.into_iter().map(|vip| ct.dump_to(Protocol::Tcp, vip, None)).collect()
+    } else {
+        vec![ct.dump(0, 0)] // mark 0 under mask 0: every entry
+    };
     let mut entries = Vec::new();
-    for vip in ForeignFinished::vips(&services) {
-        match ct.dump_to(Protocol::Tcp, vip, None) {
+    for dump in dumps {
+        match dump {
             Ok(e) => entries.extend(e),
             Err(e) => {
                 warn!(
