@@ -1,7 +1,8 @@
 //! Fuzzing every parser of outside input (issue 11, "Also"): queued packets, ctnetlink answers
-//! and events, netlink framing, the ICMP refusal. The rule it checks is style.md habit 7, "a
-//! parser never panics, whatever the bytes", plus what each parser promises beyond that (a
-//! packet the parser takes can be refused).
+//! and events, netlink framing, the ICMP refusal, rules files, ipvsadm arguments, control
+//! requests and replies. The rule it checks is style.md habit 7, "a parser never panics,
+//! whatever the bytes", plus what each parser promises beyond that (a packet the parser takes
+//! can be refused, a decoded request encodes back to its bytes, a saved table reads back).
 //!
 //! Property tests over generated inputs (proptest: the stable toolchain has no libFuzzer),
 //! made to reach past the first length check: real messages and lines, damaged, spliced and
@@ -11,5 +12,6 @@
 //! A panic found is fixed where it is, with a regression test of the exact input beside the
 //! parser's other tests.
 
+mod adm;
 mod harness;
 mod wire;
