@@ -13,6 +13,9 @@
 //!
 //! Each target prints `fuzz TARGET: N cases in T s, 0 panics (seed S)`; a panic fails the test
 //! with proptest's minimal input and the seed that found it.
+//!
+//! This file is also included by the crate's own fuzz tests of private parsers
+//! (`src/kernel/nftables/readback/fuzz.rs`), so the two share one runner.
 
 #![allow(dead_code)] // each includer uses its own part
 
