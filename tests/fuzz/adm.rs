@@ -21,6 +21,7 @@ use nfvs::adm::listing;
 use nfvs::adm::rules::{self, parse_rules, parse_rules_text, read_rules};
 use nfvs::adm::usage;
 use nfvs::model::Protocol;
+use nfvs::ruleset::{self, Overload};
 use nfvs::sched::{self, SchedOptions};
 use nfvs::service::Table;
 use nfvs::stats::NoStats;
@@ -30,7 +31,7 @@ use proptest::sample::{select, Index};
 use crate::harness::{apply_edits, bytes_from, fuzz, random_bytes, Edit};
 
 /// The seed's rules file.
-const LAB_RULES: &str = include_str!("../../rules/lab.rules");
+pub(crate) const LAB_RULES: &str = include_str!("../../rules/lab.rules");
 
 /// Real ipvsadm command lines: the lab's, and one of each command and option family, as the
 /// README, the issue and `tests/adm_lab.rs` use them.
@@ -68,7 +69,7 @@ const REAL_LINES: &[&str] = &[
 
 /// Every option spelling nfvs's own help lists (so the vocabulary follows the parser as it
 /// grows), and the few that it does not print.
-fn option_names() -> Vec<String> {
+pub(crate) fn option_names() -> Vec<String> {
     let help = usage::usage("ipvsadm");
     let mut names: Vec<String> = help
         .split(|c: char| c.is_whitespace() || "|[]{},".contains(c))
@@ -81,6 +82,7 @@ fn option_names() -> Vec<String> {
     names
 }
 
+#[rustfmt::skip]
 const ADDRESSES: &[&str] = &[
     "192.168.199.200:80", "192.168.226.130:80", "192.168.226.131", "1.2.3.4", "0.0.0.0:0", "0.0.0.0",
     "255.255.255.255:65535", "127.0.0.1:80", "224.0.0.1:80", "192.168.199.200:http", "1.2.3.4:99999",
@@ -88,21 +90,23 @@ const ADDRESSES: &[&str] = &[
     "01.2.3.4:080", "localhost:80", "1.2.3.4:nosuchname",
 ];
 
+#[rustfmt::skip]
 const NUMBERS: &[&str] = &[
     "0", "1", "2", "5", "10", "20", "30", "60", "255", "360", "65535", "65536", "2147483647", "2147483648",
     "4294967295", "4294967296", "18446744073709551616", "-1", "+1", "01", " 1", "1e3", "0x10", "",
 ];
 
+#[rustfmt::skip]
 const FLAGS: &[&str] = &[
     "flag-1", "flag-2", "flag-3", "flag-1,flag-2,flag-3", "sh-fallback", "sh-port", "sh-fallback,sh-port",
     "mh-fallback", "mh-port", "mh-fallback,mh-port", "flag-4", ",", "flag-1,",
 ];
 
-const MASKS: &[&str] = &["255.255.255.0", "255.255.0.0", "255.255.255.255", "0.0.0.0", "255.0.255.0", "0", "16", "24", "32", "33"];
+const MASKS: &[&str] =
+    &["255.255.255.0", "255.255.0.0", "255.255.255.255", "0.0.0.0", "255.0.255.0", "0", "16", "24", "32", "33"];
 
-const OTHER_VALUES: &[&str] = &[
-    "master", "backup", "eth0", "224.0.0.81", "sip", "gue", "ipvsadm", "-", "--", "#", "# comment", "\u{feff}-A",
-];
+const OTHER_VALUES: &[&str] =
+    &["master", "backup", "eth0", "224.0.0.81", "sip", "gue", "ipvsadm", "-", "--", "#", "# comment", "\u{feff}-A"];
 
 /// A value an option may be given: an edge, a real one, or anything at all.
 fn value() -> impl Strategy<Value = String> {
@@ -120,9 +124,12 @@ fn value() -> impl Strategy<Value = String> {
 
 /// One word of a command line: an option (alone, `--long=value`, or a cluster of short ones
 /// with or without a value), or a value.
-fn word(options: &[String]) -> impl Strategy<Value = String> {
-    let shorts: Vec<char> =
-        options.iter().filter_map(|o| o.strip_prefix('-').filter(|s| s.len() == 1)).filter_map(|s| s.chars().next()).collect();
+pub(crate) fn word(options: &[String]) -> impl Strategy<Value = String> {
+    let shorts: Vec<char> = options
+        .iter()
+        .filter_map(|o| o.strip_prefix('-').filter(|s| s.len() == 1))
+        .filter_map(|s| s.chars().next())
+        .collect();
     let longs: Vec<String> = options.iter().filter(|o| o.starts_with("--")).cloned().collect();
     prop_oneof![
         5 => select(options.to_vec()),
@@ -253,7 +260,14 @@ fn service_line() -> impl Strategy<Value = String> {
 /// Table edits in ipvsadm's grammar with every option they take, mostly good ones: a rules
 /// file of these gets past its first line, to the table and what is done with it.
 fn edit_line() -> impl Strategy<Value = String> {
-    let server = (select(&["-a", "-e"][..]), select(VIPS), select(RIPS), maybe("-w", number()), maybe("-x", number()), maybe("-y", number()))
+    let server = (
+        select(&["-a", "-e"][..]),
+        select(VIPS),
+        select(RIPS),
+        maybe("-w", number()),
+        maybe("-x", number()),
+        maybe("-y", number()),
+    )
         .prop_map(|(c, vip, rip, w, x, y)| format!("{c} -t {vip} -r {rip} -m{w}{x}{y}"));
     let delete = prop_oneof![
         (select(VIPS), select(RIPS)).prop_map(|(v, r)| format!("-d -t {v} -r {r}")),
@@ -299,9 +313,9 @@ fn port_names() -> [&'static PortNames; 2] {
 }
 
 /// A table built from outside input, carried as far as the daemon carries one: listed in every
-/// format, saved, and a connection scheduled on each service. What `-S -n` saves reads back as
-/// the same table (but for one quirk of ipvsadm's).
-fn check_table(t: &Table) {
+/// format, saved, made into nftables rules, and a connection scheduled on each service. What
+/// `-S -n` saves reads back as the same table (but for one quirk of ipvsadm's).
+fn check_table(t: &mut Table) {
     let formats = [
         ListFormat::default(),
         ListFormat { numeric: true, stats: true, exact: true, ..Default::default() },
@@ -322,10 +336,17 @@ fn check_table(t: &Table) {
     // flag-3 of sh and mh has no name, so `-b ` is printed with nothing after it.
     let nameless_flag = text.lines().any(|l| l.ends_with(" -b "));
     if !t.services().is_empty() && !nameless_flag {
-        let again = parse_rules(&text, "saved").unwrap_or_else(|e| panic!("`-S -n` output does not read back: {e}\n{text}"));
+        let again =
+            parse_rules(&text, "saved").unwrap_or_else(|e| panic!("`-S -n` output does not read back: {e}\n{text}"));
         assert_eq!(saved(&again), text, "`-S -n` does not read back as the same table");
     }
-    let mut t = scheduled(t);
+    // `nfvs rules`: the table this file makes, as the nftables rules that carry it out.
+    for overload in [Overload::Drop, Overload::Fallback] {
+        let rs = ruleset::for_table(t, &[], 0, 1, overload, ruleset::DEFAULT_CT_MARK);
+        if rs.validate().is_ok() {
+            let _ = rs.render();
+        }
+    }
     for (n, svc) in t.services_mut().iter_mut().enumerate() {
         let key = svc.spec.key;
         for client in 0..3u16 {
@@ -344,11 +365,6 @@ fn check_table(t: &Table) {
 /// A table as `-S -n` saves it.
 fn saved(t: &Table) -> String {
     listing::save(t, true, &PortNames::none())
-}
-
-/// A table to schedule on: the same rules read again (schedulers keep state).
-fn scheduled(t: &Table) -> Table {
-    parse_rules(&saved(t), "saved").unwrap_or_default()
 }
 
 /// A command that parsed, carried out as the daemon would on the lab's table: an edit applied
@@ -372,7 +388,7 @@ fn check_command(cmd: &Command) {
     }
 }
 
-fn check_words(words: &[String]) {
+pub(crate) fn check_words(words: &[String]) {
     match parse_args(words).and_then(|raw| raw.validate()) {
         Ok(cmd) => check_command(&cmd),
         Err(e) => drop(e.to_string()),
@@ -390,15 +406,15 @@ fn check_line(line: &str) {
 /// `-R` input, with its warnings), each applied to the live table whatever became of the one
 /// before: the table that gets the furthest.
 fn check_rules_text(text: &str) {
-    if let Ok(rules) = parse_rules_text(text, "fuzz.rules", SchedOptions::default()) {
-        check_table(&rules.table);
+    if let Ok(mut rules) = parse_rules_text(text, "fuzz.rules", SchedOptions::default()) {
+        check_table(&mut rules.table);
     }
     let _ = addresses::restore_warnings(text, "-R");
     let mut table = Table::default();
     for cmd in text.lines().filter_map(|l| parse_line(l).ok()).filter(Command::is_edit) {
         let _ = rules::apply(&mut table, &cmd);
     }
-    check_table(&table);
+    check_table(&mut table);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -460,10 +476,11 @@ fn rules_read_rules_any_bytes() {
 /// command, the standard input as `-R` input) and encodes back to the same bytes.
 #[test]
 fn control_decode_request() {
-    let encoded = (arguments(), rules_text(), proptest::collection::vec(edit_any(), 0..4)).prop_map(|(args, stdin, edits)| {
-        let args = args.into_iter().filter(|a| !a.is_empty() && !a.contains('\0')).collect();
-        apply_edits(encode_request(&Request { args, stdin }), &edits, &[])
-    });
+    let encoded =
+        (arguments(), rules_text(), proptest::collection::vec(edit_any(), 0..4)).prop_map(|(args, stdin, edits)| {
+            let args = args.into_iter().filter(|a| !a.is_empty() && !a.contains('\0')).collect();
+            apply_edits(encode_request(&Request { args, stdin }), &edits, &[])
+        });
     let magic = random_bytes(60).prop_map(|b| [&b"nfvs-adm 1\n"[..], &b].concat());
     let input = prop_oneof![4 => encoded, 1 => magic, 1 => random_bytes(60)];
     fuzz("adm::control::decode_request", 2_000, input, |bytes| {
@@ -478,7 +495,8 @@ fn control_decode_request() {
 /// ones and anything at all never panic.
 #[test]
 fn control_decode_reply() {
-    let reply = (any::<i32>(), "\\PC{0,40}", "\\PC{0,40}").prop_map(|(code, stdout, stderr)| Reply { code, stdout, stderr });
+    let reply =
+        (any::<i32>(), "\\PC{0,40}", "\\PC{0,40}").prop_map(|(code, stdout, stderr)| Reply { code, stdout, stderr });
     let damaged = (reply, proptest::collection::vec(edit_any(), 0..4)).prop_map(|(reply, edits)| {
         let bytes = apply_edits(encode_reply(&reply), &edits, &[]);
         (edits.is_empty().then_some(reply), bytes)

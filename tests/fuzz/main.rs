@@ -1,8 +1,9 @@
 //! Fuzzing every parser of outside input (issue 11, "Also"): queued packets, ctnetlink answers
 //! and events, netlink framing, the ICMP refusal, rules files, ipvsadm arguments, control
-//! requests and replies. The rule it checks is style.md habit 7, "a parser never panics,
-//! whatever the bytes", plus what each parser promises beyond that (a packet the parser takes
-//! can be refused, a decoded request encodes back to its bytes, a saved table reads back).
+//! requests and replies, nfvs's own command line. The rule it checks is style.md habit 7, "a
+//! parser never panics, whatever the bytes", plus what each parser promises beyond that (a
+//! packet the parser takes can be refused, a decoded request encodes back to its bytes, a
+//! saved table reads back).
 //!
 //! Property tests over generated inputs (proptest: the stable toolchain has no libFuzzer),
 //! made to reach past the first length check: real messages and lines, damaged, spliced and
@@ -15,5 +16,6 @@
 //! parser's other tests.
 
 mod adm;
+mod cli;
 mod harness;
 mod wire;
