@@ -12,6 +12,9 @@ use super::spec::{SeenChain, SeenExpr, TABLE};
 use super::{NftError, Op};
 use crate::kernel::socket::RecvBuf;
 
+#[cfg(test)]
+mod fuzz;
+
 /// What reading a chain or a rule back needs of libnftnl (the two have the same functions,
 /// named after each).
 trait Parsed {
