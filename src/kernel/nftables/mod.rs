@@ -1,9 +1,11 @@
 //! Installs, checks and removes our table (`ip nfvs`) through nf_tables netlink.
 //!
 //! [`apply`] turns a [`Ruleset`] into one atomic nftnl batch — add table, delete table, add
-//! table with its chains and rules — so a table left from a crash is replaced and nothing else
-//! is touched. It checks the acknowledgement of every message by sequence number, then reads
-//! the table back and compares it, expression by expression, with what it sent.
+//! table with its sets, chains, set elements and rules — so a table left from a crash is
+//! replaced and nothing else is touched. It checks the acknowledgement of every message by
+//! sequence number, then reads the table back and compares it, expression by expression and
+//! element by element, with what it sent. Services are elements of a set, so the rules stay
+//! the same whatever the number of services.
 //! [`detect_queue_impl`] finds out whether this kernel has the native `queue` expression or
 //! only the xt `NFQUEUE` target (design.md fact 3), and [`remove`] deletes the table.
 //!
@@ -17,9 +19,10 @@
 //!
 //! All functions act on the network namespace of the calling thread.
 //!
-//! The parts: `spec` holds the table as data (pure: expressions, chains, the comparison
-//! with what is read back), `expr` turns expressions into libnftnl objects and back, `batch`
-//! sends a batch and checks its acknowledgements, `readback` dumps the table.
+//! The parts: `spec` holds the table as data (pure: expressions, chains, sets, the comparison
+//! with what is read back), `expr` turns expressions into
+//! libnftnl objects and back, `set` does the same for sets and their elements, `batch` sends a
+//! batch and checks its acknowledgements, `readback` dumps the table.
 
 use std::ffi::CString;
 use std::fmt;
@@ -32,11 +35,13 @@ use nftnl_sys::libc;
 use crate::ruleset::{QueueSpec, Ruleset, RulesetError};
 use batch::LabelledBatch;
 use readback::read_table;
-use spec::{compare, queue_expr, table_spec, ChainSpec, Expr, TABLE};
+use set::{SetDecl, SetElems};
+use spec::{compare, queue_expr, table_spec, ChainSpec, Element, Expr, TableSpec, TABLE};
 
 mod batch;
 mod expr;
 mod readback;
+mod set;
 mod spec;
 
 /// How the divert rule hands packets to NFQUEUE on this kernel (design.md fact 3).
@@ -144,35 +149,74 @@ pub fn apply(rs: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
     b.add(&table, MsgType::Add, "add table ip nfvs");
     b.add(&table, MsgType::Del, "delete table ip nfvs");
     b.add(&table, MsgType::Add, "add table ip nfvs");
-    for c in &spec {
-        let mut chain = Chain::new(c.name, &table);
-        chain.set_type(c.kind.into());
-        chain.set_hook(c.hook, c.priority);
-        chain.set_policy(Policy::Accept);
-        let cname = c.name.to_string_lossy();
-        b.add(&chain, MsgType::Add, format!("add chain {cname}"));
-        for (i, exprs) in c.rules.iter().enumerate() {
-            let mut rule = Rule::new(&chain);
-            for e in exprs {
-                rule.add_expr(e);
-            }
-            b.add(&rule, MsgType::Add, format!("rule {} of chain {cname}", i + 1));
-        }
+    for (id, s) in (1..).zip(&spec.sets) {
+        b.add(&SetDecl::new(s, id), MsgType::Add, format!("add set {}", s.name));
+    }
+    // Chains before the elements that jump to them, rules after the sets they look up.
+    let chains: Vec<(Chain, &ChainSpec)> = spec.chains.iter().map(|c| (chain(&table, c), c)).collect();
+    for (chain, c) in &chains {
+        b.add(chain, MsgType::Add, format!("add chain {}", c.name));
+    }
+    for s in &spec.sets {
+        add_elements(&mut b, MsgType::Add, s.name, &s.elements.iter().collect::<Vec<_>>());
+    }
+    for (chain, c) in &chains {
+        add_rules(&mut b, chain, c);
     }
     b.send(Op::Install)?;
-    log::debug!("installed table ip nfvs ({} chains); reading it back", spec.len());
+    log::debug!(
+        "installed table ip nfvs ({} chains, {} set elements); reading it back",
+        spec.chains.len(),
+        spec.sets.iter().map(|s| s.elements.len()).sum::<usize>()
+    );
     check_installed(&spec)
 }
 
+/// A chain of our table as libnftnl builds it: a base chain with its hook and policy accept,
+/// or a regular chain.
+fn chain<'a>(table: &'a Table, c: &ChainSpec) -> Chain<'a> {
+    // Chain names are ours: fixed words, or `fallback-ADDRESS-PORT`; no NUL inside.
+    let mut chain = Chain::new(&CString::new(c.name.as_str()).unwrap_or_default(), table);
+    if let Some(base) = c.base {
+        chain.set_type(base.kind.into());
+        chain.set_hook(base.hook, base.priority);
+        chain.set_policy(Policy::Accept);
+    }
+    chain
+}
+
+fn add_rules(b: &mut LabelledBatch, chain: &Chain<'_>, c: &ChainSpec) {
+    for (i, exprs) in c.rules.iter().enumerate() {
+        let mut rule = Rule::new(chain);
+        for e in exprs {
+            rule.add_expr(e);
+        }
+        b.add(&rule, MsgType::Add, format!("rule {} of chain {}", i + 1, c.name));
+    }
+}
+
+fn add_elements(b: &mut LabelledBatch, t: MsgType, set: &str, elements: &[&Element]) {
+    let what = match t {
+        MsgType::Add => "add",
+        MsgType::Del => "delete",
+    };
+    let mut from = 1;
+    for msg in SetElems::messages(set, elements) {
+        let to = (from + set::ELEMENTS_PER_MESSAGE - 1).min(elements.len());
+        b.add(&msg, t, format!("{what} elements {from}-{to} of {} of set {set}", elements.len()));
+        from = to + 1;
+    }
+}
+
 /// Check that table `ip nfvs` holds exactly what [`apply`] installs for `rs` and `q`: the same
-/// chains in the same order, and the same rules expression by expression (counter values
-/// aside). `NftError::Mismatch` says where they differ.
+/// chains in the same order, the same rules expression by expression (counter values aside),
+/// and the same sets with the same elements. `NftError::Mismatch` says where they differ.
 pub fn verify(rs: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
     rs.validate().map_err(|source| NftError::Invalid { op: Op::ReadBack, source })?;
     check_installed(&table_spec(rs, q))
 }
 
-fn check_installed(spec: &[ChainSpec]) -> Result<(), NftError> {
+fn check_installed(spec: &TableSpec) -> Result<(), NftError> {
     let seen = read_table()?;
     compare(spec, &seen).map_err(|detail| NftError::Mismatch { op: Op::ReadBack, detail })
 }
