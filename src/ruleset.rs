@@ -8,7 +8,7 @@
 //!
 //! The table matches services through a set, so its rules are the same whatever the number of
 //! services, a packet pays one hash look-up instead of one rule per service, and adding or
-//! removing a service is one set element:
+//! removing a service is one set element ([`crate::kernel::nftables::update`]):
 //!
 //! - set `services` (`ipv4_addr . inet_service`): VIP . port of every TCP service.
 //! - `divert` (filter, prerouting, priority raw = -300): sends the SYN of every new connection

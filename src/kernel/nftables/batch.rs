@@ -218,6 +218,47 @@ impl NlSocket {
         }
     }
 
+    /// Send `requests`, `count` netlink requests that each ask for an acknowledgement
+    /// (NLM_F_ACK), in one `send`; hand every answer other than an acknowledgement to `each`,
+    /// and return the `(seq, errno)` of each acknowledgement (errno 0) or refusal, once every
+    /// request has one. The kernel runs the requests one after another
+    /// (`netlink_rcv_skb`); the caller keeps their answers within the receive buffer.
+    pub(super) fn requests(
+        &self,
+        op: Op,
+        requests: &[u8],
+        count: usize,
+        mut each: impl FnMut(&Message<'_>) -> Result<(), NftError>,
+    ) -> Result<Vec<(u32, i32)>, NftError> {
+        // The answers come during our send; the timeout guards against a request that is
+        // never answered.
+        let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        if let Err(e) = setsockopt(self.fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv) {
+            log::debug!("{op}: cannot set a receive timeout: {e}");
+        }
+        socket::send_all(self.fd(), requests).map_err(|source| NftError::Socket { op, source })?;
+        let mut buf = recv_buf();
+        let mut acks = Vec::with_capacity(count);
+        let malformed = |m: netlink::Malformed| NftError::Protocol { op, detail: m.to_string() };
+        while acks.len() < count {
+            let n = match recv_mnl(&self.sock, &mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(NftError::MissingAck { op, what: format!("{} of {count} requests", count - acks.len()) })
+                }
+                Err(source) => return Err(NftError::Socket { op, source }),
+            };
+            for msg in Messages::new(buf.bytes().get(..n).unwrap_or(&[])) {
+                let msg = msg.map_err(malformed)?;
+                match msg.ty {
+                    NLMSG_ERROR => acks.push((msg.seq, nlmsgerr(&msg).map_err(malformed)?)),
+                    _ => each(&msg)?,
+                }
+            }
+        }
+        Ok(acks)
+    }
+
     /// Send one dump request and hand every reply message to `each` until NLMSG_DONE.
     /// Returns `Ok(false)` if the kernel flagged the dump as interrupted (NLM_F_DUMP_INTR:
     /// the ruleset changed meanwhile), so the caller can retry.

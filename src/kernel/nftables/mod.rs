@@ -4,8 +4,11 @@
 //! table with its sets, chains, set elements and rules — so a table left from a crash is
 //! replaced and nothing else is touched. It checks the acknowledgement of every message by
 //! sequence number, then reads the table back and compares it, expression by expression and
-//! element by element, with what it sent. Services are elements of a set, so the rules stay
-//! the same whatever the number of services.
+//! element by element, with what it sent. [`update`] changes an installed table into another
+//! with only the difference, when they differ only in which services there are (set
+//! elements, fallback chains): one atomic batch again, then a read-back of the sets and of the
+//! chains it changed; the rules stay the same whatever the number of services, so an edit
+//! costs the same with ten services or ten thousand.
 //! [`detect_queue_impl`] finds out whether this kernel has the native `queue` expression or
 //! only the xt `NFQUEUE` target (design.md fact 3), and [`remove`] deletes the table.
 //!
@@ -20,7 +23,7 @@
 //! All functions act on the network namespace of the calling thread.
 //!
 //! The parts: `spec` holds the table as data (pure: expressions, chains, sets, the comparison
-//! with what is read back), `expr` turns expressions into
+//! with what is read back, the difference between two tables), `expr` turns expressions into
 //! libnftnl objects and back, `set` does the same for sets and their elements, `batch` sends a
 //! batch and checks its acknowledgements, `readback` dumps the table.
 
@@ -34,9 +37,9 @@ use nftnl_sys::libc;
 
 use crate::ruleset::{QueueSpec, Ruleset, RulesetError};
 use batch::LabelledBatch;
-use readback::read_table;
+use readback::{read_elements, read_rules_of, read_sets, read_table};
 use set::{SetDecl, SetElems};
-use spec::{compare, queue_expr, table_spec, ChainSpec, Element, Expr, TableSpec, TABLE};
+use spec::{compare, compare_rules, compare_sets, diff, queue_expr, table_spec, ChainSpec, Diff, Element, Expr, TableSpec, TABLE};
 
 mod batch;
 mod expr;
@@ -170,6 +173,109 @@ pub fn apply(rs: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
         spec.sets.iter().map(|s| s.elements.len()).sum::<usize>()
     );
     check_installed(&spec)
+}
+
+/// Change table `ip nfvs` from `installed` (what [`apply`] or `update` last installed) into
+/// `want`, and check the parts that changed.
+///
+/// When the two differ only in their services (elements of set `services`, and with
+/// `--overload fallback` elements of map `fallback` and the chains they jump to), one atomic
+/// batch deletes and adds just those, and the sets and the changed chains are read back: its
+/// cost grows with the number of services changed, not with the number there are. When
+/// anything else differs (queue, masquerade, events, the fallback map appearing or going),
+/// this is [`apply`]. If the kernel refuses the change or does not hold what it should
+/// afterwards (the table is not what `installed` says: someone changed or deleted it), the
+/// whole table is replaced with [`apply`] after all.
+pub fn update(installed: &Ruleset, want: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
+    want.validate().map_err(|source| NftError::Invalid { op: Op::Install, source })?;
+    let old = table_spec(installed, q);
+    let new = table_spec(want, q);
+    let Some(d) = diff(&old, &new) else { return apply(want, q) };
+    if d.is_empty() {
+        return Ok(());
+    }
+    match send_diff(&d).and_then(|()| check_diff(&new, &d)) {
+        Ok(()) => Ok(()),
+        Err(e @ NftError::PermissionDenied { .. }) => Err(e),
+        Err(e) => {
+            log::warn!("{e}; replacing the whole table");
+            apply(want, q)
+        }
+    }
+}
+
+/// Sends the difference in one batch: new chains and their rules, changed chains' new rules,
+/// the deleted elements, the added ones, then the chains no element jumps to any more.
+fn send_diff(d: &Diff<'_>) -> Result<(), NftError> {
+    let table = Table::new(TABLE, ProtoFamily::Ipv4);
+    let mut b = LabelledBatch::new();
+    let added: Vec<(Chain, &ChainSpec)> = d.add_chains.iter().map(|c| (chain(&table, c), *c)).collect();
+    for (chain, c) in &added {
+        b.add(chain, MsgType::Add, format!("add chain {}", c.name));
+        add_rules(&mut b, chain, c);
+    }
+    let replaced: Vec<(Chain, &ChainSpec)> = d.replace_chains.iter().map(|c| (chain(&table, c), *c)).collect();
+    for (chain, c) in &replaced {
+        // A rule delete without a handle deletes every rule of the chain
+        // (nf_tables_delrule, `nft_delrule_by_chain`).
+        b.add(&Rule::new(chain), MsgType::Del, format!("flush chain {}", c.name));
+        add_rules(&mut b, chain, c);
+    }
+    for (name, del, _) in &d.sets {
+        add_elements(&mut b, MsgType::Del, name, del);
+    }
+    for (name, _, add) in &d.sets {
+        add_elements(&mut b, MsgType::Add, name, add);
+    }
+    let deleted: Vec<(Chain, &str)> = d
+        .del_chains
+        .iter()
+        .map(|name| (Chain::new(&CString::new(*name).unwrap_or_default(), &table), *name))
+        .collect();
+    for (chain, name) in &deleted {
+        // Its rules go with it (nf_tables_delchain, without NLM_F_NONREC); the map elements
+        // that jumped to it were deleted above, in this same transaction.
+        b.add(chain, MsgType::Del, format!("delete chain {name}"));
+    }
+    b.send(Op::Install)
+}
+
+/// Set elements that [`check_diff`] looks up one by one at most; a larger change reads the
+/// sets back whole (a dump of ten thousand elements costs ten milliseconds or so).
+const LOOKUPS_MAX: usize = 256;
+
+/// Reads back what [`send_diff`] changed: the elements it deleted must be gone and the ones it
+/// added be there with their data (each looked up, or every set dumped when many changed),
+/// and each chain it added or replaced must hold its rules.
+fn check_diff(new: &TableSpec, d: &Diff<'_>) -> Result<(), NftError> {
+    let mismatch = |detail| NftError::Mismatch { op: Op::ReadBack, detail };
+    let changed: usize = d.sets.iter().map(|(_, del, add)| del.len() + add.len()).sum();
+    if changed > LOOKUPS_MAX {
+        compare_sets(&new.sets, &read_sets()?).map_err(mismatch)?;
+    } else {
+        for (name, del, add) in &d.sets {
+            let looked_up: Vec<&Element> = del.iter().chain(add).copied().collect();
+            if looked_up.is_empty() {
+                continue;
+            }
+            let found = read_elements(name, &looked_up)?;
+            let want = del.iter().map(|_| None).chain(add.iter().map(|e| Some(*e)));
+            for ((e, want), got) in looked_up.iter().zip(want).zip(&found) {
+                if want != got.as_ref() {
+                    return Err(mismatch(format!(
+                        "set {name}: element {} is {}, expected {}",
+                        spec::show(e),
+                        got.as_ref().map_or("absent".into(), |g| format!("there ({})", spec::show(g))),
+                        if want.is_some() { "there" } else { "absent" },
+                    )));
+                }
+            }
+        }
+    }
+    for c in d.add_chains.iter().chain(&d.replace_chains) {
+        compare_rules(c, &read_rules_of(&c.name)?).map_err(mismatch)?;
+    }
+    Ok(())
 }
 
 /// A chain of our table as libnftnl builds it: a base chain with its hook and policy accept,

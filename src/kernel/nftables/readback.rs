@@ -1,5 +1,6 @@
 //! Reading our table back: chain, rule, set and set-element dumps (limited to our table),
-//! parsed by libnftnl into a [`SeenTable`].
+//! parsed by libnftnl into a [`SeenTable`]; and the parts [`super::update`] reads after an
+//! incremental change (the sets, one chain's rules).
 
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
@@ -9,7 +10,7 @@ use nftnl_sys::{self as sys, libc};
 use super::batch::NlSocket;
 use super::expr::read_expr;
 use super::set::OwnedSet;
-use super::spec::{SeenChain, SeenExpr, SeenSet, SeenTable, TABLE};
+use super::spec::{Element, SeenChain, SeenExpr, SeenSet, SeenTable, TABLE};
 use super::{NftError, Op};
 use crate::kernel::socket::RecvBuf;
 
@@ -182,6 +183,72 @@ pub(super) fn read_table() -> Result<SeenTable, NftError> {
         }
         Ok((SeenTable { sets, chains }, chains_intact && rules_intact && sets_intact))
     })
+}
+
+/// Dump our table's sets with their elements.
+pub(super) fn read_sets() -> Result<Vec<SeenSet>, NftError> {
+    retried(Op::ReadBack, |sock| dump_sets(sock, Op::ReadBack))
+}
+
+/// Dump the rules of one chain of our table.
+pub(super) fn read_rules_of(chain: &str) -> Result<Vec<Vec<SeenExpr>>, NftError> {
+    let op = Op::ReadBack;
+    retried(op, |sock| {
+        let mut rules = Vec::new();
+        let intact = dump_rules(sock, op, Some(chain), |c, exprs| {
+            if c == chain {
+                rules.push(exprs)
+            }
+        })?;
+        Ok((rules, intact))
+    })
+}
+
+/// Look up `elements` of set `set` one by one (a GETSETELEM request each, sent together):
+/// for each, the element the kernel holds with that key, or `None` if it holds none.
+pub(super) fn read_elements(set: &str, elements: &[&Element]) -> Result<Vec<Option<Element>>, NftError> {
+    let op = Op::ReadBack;
+    let sock = NlSocket::open(op)?;
+    let mut requests = Vec::new();
+    for (seq, e) in (1..).zip(elements) {
+        let key = Element { key: e.key.clone(), verdict: None };
+        requests.extend(request(libc::NFT_MSG_GETSETELEM, libc::NLM_F_ACK, seq, |nlh| {
+            let one = OwnedSet::with_elements(set, &[&key]);
+            // SAFETY: `nlh` points into the request buffer, which has room for one element.
+            unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, one.ptr()) };
+        }));
+    }
+    let mut found: Vec<Option<Element>> = vec![None; elements.len()];
+    let slot = |seq: u32| usize::try_from(seq).ok().and_then(|s| s.checked_sub(1)).filter(|&i| i < elements.len());
+    let acks = sock.requests(op, &requests, elements.len(), |msg| {
+        let parsed = OwnedSet::empty();
+        // SAFETY: `msg.raw` is one complete, aligned netlink message (see Owned::parse_ours).
+        if unsafe { sys::nftnl_set_elems_nlmsg_parse(msg.raw.as_ptr().cast::<libc::nlmsghdr>(), parsed.ptr()) } < 0 {
+            return Err(NftError::Protocol { op, detail: "unparsable set element message".into() });
+        }
+        if let (Some(i), [e]) = (slot(msg.seq), &parsed.elements()[..]) {
+            found[i] = Some(e.clone());
+        }
+        Ok(())
+    })?;
+    for (seq, errno) in acks {
+        match errno {
+            0 => {}
+            libc::ENOENT => {
+                if let Some(i) = slot(seq) {
+                    found[i] = None;
+                }
+            }
+            errno => {
+                return Err(NftError::Rejected {
+                    op,
+                    what: format!("a look-up in set {set}"),
+                    source: std::io::Error::from_raw_os_error(errno),
+                })
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Dump the rules of our table (of one chain of it, if given) and hand each to `each` with

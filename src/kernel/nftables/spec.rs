@@ -1,8 +1,10 @@
 //! Our table as data: the sets, chains and rules [`super::apply`] installs for a [`Ruleset`],
 //! each expression a plain value ([`Expr`]) in the byte layout nft 1.0.6 emits for the same
-//! rule (`nft --debug=netlink`), and the comparison with what the kernel reports back. Pure:
-//! no libnftnl call, no socket (those are in the sibling files).
+//! rule (`nft --debug=netlink`), the comparison with what the kernel reports back, and the
+//! difference between two tables that [`super::update`] sends. Pure: no libnftnl call, no
+//! socket (those are in the sibling files).
 
+use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
 
@@ -642,7 +644,7 @@ fn compare_chains(spec: &[ChainSpec], seen: &[SeenChain]) -> Result<(), String> 
 }
 
 /// Compare the rules of chain `spec` with the ones read back.
-fn compare_rules(spec: &ChainSpec, seen: &[Vec<SeenExpr>]) -> Result<(), String> {
+pub(super) fn compare_rules(spec: &ChainSpec, seen: &[Vec<SeenExpr>]) -> Result<(), String> {
     if spec.rules.len() != seen.len() {
         return Err(format!("chain {} has {} rules, expected {}", spec.name, seen.len(), spec.rules.len()));
     }
@@ -657,7 +659,7 @@ fn compare_rules(spec: &ChainSpec, seen: &[Vec<SeenExpr>]) -> Result<(), String>
 
 /// Compare our sets, their declarations and their elements (in any order), with the ones read
 /// back.
-fn compare_sets(spec: &[SetSpec], seen: &[SeenSet]) -> Result<(), String> {
+pub(super) fn compare_sets(spec: &[SetSpec], seen: &[SeenSet]) -> Result<(), String> {
     let mut want: Vec<&str> = spec.iter().map(|s| s.name).collect();
     let mut got: Vec<&str> = seen.iter().map(|s| s.name.as_str()).collect();
     want.sort_unstable();
@@ -712,7 +714,7 @@ fn shortened<T: AsRef<str>>(v: &[T]) -> String {
 }
 
 /// An element as nft writes it: `192.168.199.200 . 80 : jump CHAIN`.
-fn show(e: &Element) -> String {
+pub(super) fn show(e: &Element) -> String {
     let key = match e.key[..] {
         [a, b, c, d, p0, p1, 0, 0] => format!("{} . {}", Ipv4Addr::new(a, b, c, d), u16::from_be_bytes([p0, p1])),
         _ => format!("{:02x?}", e.key),
@@ -722,6 +724,56 @@ fn show(e: &Element) -> String {
         Some((code, Some(chain))) if *code == libc::NFT_JUMP as u32 => format!("{key} : jump {chain}"),
         Some((code, chain)) => format!("{key} : verdict {} {}", *code as i32, chain.as_deref().unwrap_or("")),
     }
+}
+
+/// What [`super::update`] sends to turn table `old` into `new` when they differ only in set
+/// elements and regular chains. Anything else (a base chain's rules, the queue, a set that
+/// comes or goes) makes [`diff`] answer `None`: then the whole table is replaced.
+#[derive(Debug, Default)]
+pub(super) struct Diff<'a> {
+    /// Per set of `new`, in order: its name, the elements to delete, the elements to add.
+    pub(super) sets: Vec<(&'static str, Vec<&'a Element>, Vec<&'a Element>)>,
+    /// Regular chains to create, with their rules.
+    pub(super) add_chains: Vec<&'a ChainSpec>,
+    /// Regular chains whose rules change: flushed, then given the new ones.
+    pub(super) replace_chains: Vec<&'a ChainSpec>,
+    /// Regular chains to delete (after the map elements that jump to them).
+    pub(super) del_chains: Vec<&'a str>,
+}
+
+impl Diff<'_> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.sets.iter().all(|(_, del, add)| del.is_empty() && add.is_empty())
+            && self.add_chains.is_empty()
+            && self.replace_chains.is_empty()
+            && self.del_chains.is_empty()
+    }
+}
+
+pub(super) fn diff<'a>(old: &'a TableSpec, new: &'a TableSpec) -> Option<Diff<'a>> {
+    let declared = |t: &TableSpec| t.sets.iter().map(|s| (s.name, s.map)).collect::<Vec<_>>();
+    let bases = |t: &'a TableSpec| t.chains.iter().filter(|c| c.base.is_some()).collect::<Vec<_>>();
+    if declared(old) != declared(new) || bases(old) != bases(new) {
+        return None;
+    }
+    let mut d = Diff::default();
+    for (o, n) in old.sets.iter().zip(&new.sets) {
+        let (del, add) = merge_diff(&o.elements, &n.elements);
+        d.sets.push((n.name, del, add));
+    }
+    let regular = |t: &'a TableSpec| -> BTreeMap<&'a str, &'a ChainSpec> {
+        t.chains.iter().filter(|c| c.base.is_none()).map(|c| (c.name.as_str(), c)).collect()
+    };
+    let (old_c, new_c) = (regular(old), regular(new));
+    for c in new.chains.iter().filter(|c| c.base.is_none()) {
+        match old_c.get(c.name.as_str()) {
+            None => d.add_chains.push(c),
+            Some(o) if o.rules != c.rules => d.replace_chains.push(c),
+            Some(_) => {}
+        }
+    }
+    d.del_chains = old_c.keys().filter(|name| !new_c.contains_key(*name)).copied().collect();
+    Some(d)
 }
 
 #[cfg(test)]
@@ -1016,5 +1068,58 @@ mod tests {
         assert_eq!(compare(&spec, &seen), Ok(()));
         seen.chains.pop();
         assert!(compare(&spec, &seen).unwrap_err().starts_with("chains are [divert, nat_pre, nat_post, fallback-"));
+    }
+
+    fn with_services(ports: std::ops::Range<u16>, fallback: bool) -> Ruleset {
+        let vip = Ipv4Addr::new(10, 0, 0, 1);
+        let rs1 = Ipv4Addr::new(192, 168, 226, 130);
+        let mut rs = lab(QueueSpec::single(0));
+        rs.diverts = ports.clone().map(|p| tcp(vip.octets(), p)).collect();
+        if fallback {
+            rs.fallback = ports.map(|port| FallbackRule { vip, port, servers: vec![(rs1, 80, 1)] }).collect();
+        }
+        rs
+    }
+
+    #[test]
+    fn diff_of_a_service_is_its_elements_and_its_chain() {
+        let (old, new) = (with_services(1..100, false), with_services(2..101, false));
+        let (old, new) = (table_spec(&old, QueueImpl::Native), table_spec(&new, QueueImpl::Native));
+        let d = diff(&old, &new).expect("only elements differ");
+        assert_eq!(d.sets.len(), 1);
+        let (name, del, add) = &d.sets[0];
+        assert_eq!((*name, del.len(), add.len()), ("services", 1, 1));
+        assert_eq!(show(del[0]), "10.0.0.1 . 1");
+        assert_eq!(show(add[0]), "10.0.0.1 . 100");
+        assert!(d.add_chains.is_empty() && d.replace_chains.is_empty() && d.del_chains.is_empty());
+        assert!(diff(&new, &new).unwrap().is_empty());
+
+        let (old, new) = (with_services(1..4, true), with_services(2..5, true));
+        let (old, mut new) = (table_spec(&old, QueueImpl::Native), table_spec(&new, QueueImpl::Native));
+        let d = diff(&old, &new).expect("only elements and regular chains differ");
+        assert_eq!(d.sets.iter().map(|(n, del, add)| (*n, del.len(), add.len())).collect::<Vec<_>>(), [("services", 1, 1), ("fallback", 1, 1)]);
+        assert_eq!(d.add_chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["fallback-10.0.0.1-4"]);
+        assert_eq!(d.del_chains, ["fallback-10.0.0.1-1"]);
+        assert!(d.replace_chains.is_empty());
+        // A server's weight: that service's chain alone.
+        let chain = new.chains.iter_mut().find(|c| c.name == "fallback-10.0.0.1-2").unwrap();
+        chain.rules.push(chain.rules[0].clone());
+        let d = diff(&old, &new).unwrap();
+        assert_eq!(d.replace_chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["fallback-10.0.0.1-2"]);
+    }
+
+    #[test]
+    fn diff_of_anything_else_is_a_replace() {
+        let rs = with_services(1..3, false);
+        let spec = |rs: &Ruleset| table_spec(rs, QueueImpl::Native);
+        let mut other = rs.clone();
+        other.queue.num = 1;
+        assert!(diff(&spec(&rs), &spec(&other)).is_none(), "the queue");
+        let mut other = rs.clone();
+        other.masquerade.clear();
+        assert!(diff(&spec(&rs), &spec(&other)).is_none(), "masquerade");
+        // The fallback map appears: a set is declared.
+        assert!(diff(&spec(&rs), &spec(&with_services(1..3, true))).is_none(), "fallback");
+        assert!(diff(&spec(&with_services(1..3, true)), &spec(&rs)).is_none(), "no fallback");
     }
 }
