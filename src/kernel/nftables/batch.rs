@@ -1,6 +1,7 @@
 //! Sending an nftnl batch in one `sendmsg` and checking the acknowledgement of every message,
 //! and the dumps the read-back makes, on one nfnetlink socket.
 
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -44,10 +45,11 @@ impl LabelledBatch {
         } else {
             names.extend(labels);
         }
-        let sock = NlSocket::open(op)?;
-        sock.send_batch(op, &batch)?;
-        let acks = sock.drain_acks(op)?;
-        check_acks(op, seqs.start, &names, framed, &acks)
+        NlSocket::with(op, |sock| {
+            sock.send_batch(op, &batch)?;
+            let acks = sock.drain_acks(op)?;
+            check_acks(op, seqs.start, &names, framed, &acks)
+        })
     }
 }
 
@@ -124,12 +126,46 @@ fn recv_buf() -> RecvBuf {
 /// One nfnetlink socket, opened in the calling thread's network namespace.
 pub(super) struct NlSocket {
     sock: mnl::Socket,
+    /// The network namespace it belongs to (device and inode of /proc/thread-self/ns/net).
+    netns: Option<(u64, u64)>,
+}
+
+thread_local! {
+    /// The thread's nfnetlink socket, kept open between calls. Closing one shortly after a
+    /// transaction that deleted something waits until the kernel has freed what was deleted
+    /// (`nft_rcv_nl_event` flushes nf_tables' destroy work, which waits for an RCU grace
+    /// period): several milliseconds, tens of them on a busy machine, measured with
+    /// `strace -T`. An edit that deletes a service would pay that every time.
+    static SOCKET: RefCell<Option<NlSocket>> = const { RefCell::new(None) };
+}
+
+/// The calling thread's network namespace, to tell whether a kept socket belongs to it.
+fn current_netns() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl NlSocket {
-    pub(super) fn open(op: Op) -> Result<NlSocket, NftError> {
+    fn open(op: Op) -> Result<NlSocket, NftError> {
         let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(|source| NftError::Socket { op, source })?;
-        Ok(NlSocket { sock })
+        Ok(NlSocket { sock, netns: current_netns() })
+    }
+
+    /// Runs `f` on the calling thread's socket, opened on first use and kept while its
+    /// network namespace is the thread's. A socket `f` failed on is closed, so that no
+    /// answer left unread on it can be taken for the next call's.
+    pub(super) fn with<T>(op: Op, f: impl FnOnce(&NlSocket) -> Result<T, NftError>) -> Result<T, NftError> {
+        let kept = SOCKET.with(|s| s.borrow_mut().take());
+        let netns = current_netns();
+        let sock = match kept {
+            Some(sock) if netns.is_some() && sock.netns == netns => sock,
+            _ => NlSocket::open(op)?,
+        };
+        let res = f(&sock);
+        if res.is_ok() {
+            SOCKET.with(|s| *s.borrow_mut() = Some(sock));
+        }
+        res
     }
 
     fn fd(&self) -> RawFd {

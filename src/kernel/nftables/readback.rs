@@ -149,8 +149,7 @@ const DUMP_TRIES: usize = 3;
 /// most; `read` answers `(value, intact)`.
 fn retried<T>(op: Op, mut read: impl FnMut(&NlSocket) -> Result<(T, bool), NftError>) -> Result<T, NftError> {
     for _ in 0..DUMP_TRIES {
-        let sock = NlSocket::open(op)?;
-        let (value, intact) = read(&sock)?;
+        let (value, intact) = NlSocket::with(op, &mut read)?;
         if intact {
             return Ok(value);
         }
@@ -208,7 +207,6 @@ pub(super) fn read_rules_of(chain: &str) -> Result<Vec<Vec<SeenExpr>>, NftError>
 /// for each, the element the kernel holds with that key, or `None` if it holds none.
 pub(super) fn read_elements(set: &str, elements: &[&Element]) -> Result<Vec<Option<Element>>, NftError> {
     let op = Op::ReadBack;
-    let sock = NlSocket::open(op)?;
     let mut requests = Vec::new();
     for (seq, e) in (1..).zip(elements) {
         let key = Element { key: e.key.clone(), verdict: None };
@@ -220,7 +218,7 @@ pub(super) fn read_elements(set: &str, elements: &[&Element]) -> Result<Vec<Opti
     }
     let mut found: Vec<Option<Element>> = vec![None; elements.len()];
     let slot = |seq: u32| usize::try_from(seq).ok().and_then(|s| s.checked_sub(1)).filter(|&i| i < elements.len());
-    let acks = sock.requests(op, &requests, elements.len(), |msg| {
+    let acks = NlSocket::with(op, |sock| sock.requests(op, &requests, elements.len(), |msg| {
         let parsed = OwnedSet::empty();
         // SAFETY: `msg.raw` is one complete, aligned netlink message (see Owned::parse_ours).
         if unsafe { sys::nftnl_set_elems_nlmsg_parse(msg.raw.as_ptr().cast::<libc::nlmsghdr>(), parsed.ptr()) } < 0 {
@@ -230,7 +228,7 @@ pub(super) fn read_elements(set: &str, elements: &[&Element]) -> Result<Vec<Opti
             found[i] = Some(e.clone());
         }
         Ok(())
-    })?;
+    }))?;
     for (seq, errno) in acks {
         match errno {
             0 => {}
