@@ -320,9 +320,14 @@ impl Ruleset {
     ///   the form used here as well (checked: only the kernel refuses it here, with ENOENT).
     /// - On a kernel without the native expression (design.md fact 3) `nft -f` cannot load
     ///   any `queue` statement, this text included; `rules/nfvs.iptables` is the loadable form.
+    /// - nft lists chains in the order they were made: after
+    ///   [`update`](crate::kernel::nftables::update)s, the `fallback-*` chains of services
+    ///   added later come after the others. Set elements are listed sorted, as here
+    ///   ([`listing_order`]).
     ///
     /// A UDP divert (which [`Ruleset::validate`] refuses) is rendered as the rule it would
-    /// need, `udp dport` in place of the SYN match, so the text never hides an entry.
+    /// need (`ip daddr VIP udp dport PORT`, after the rule for the set, which holds only TCP
+    /// services), so the text never hides an entry.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
