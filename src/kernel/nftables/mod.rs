@@ -230,7 +230,7 @@ fn send_diff(d: &Diff<'_>) -> Result<(), NftError> {
     let deleted: Vec<(Chain, &str)> = d
         .del_chains
         .iter()
-        .map(|name| (Chain::new(&CString::new(*name).unwrap_or_default(), &table), *name))
+        .map(|name| (Chain::new(CString::new(*name).unwrap_or_default(), &table), *name))
         .collect();
     for (chain, name) in &deleted {
         // Its rules go with it (nf_tables_delchain, without NLM_F_NONREC); the map elements
@@ -282,7 +282,7 @@ fn check_diff(new: &TableSpec, d: &Diff<'_>) -> Result<(), NftError> {
 /// or a regular chain.
 fn chain<'a>(table: &'a Table, c: &ChainSpec) -> Chain<'a> {
     // Chain names are ours: fixed words, or `fallback-ADDRESS-PORT`; no NUL inside.
-    let mut chain = Chain::new(&CString::new(c.name.as_str()).unwrap_or_default(), table);
+    let mut chain = Chain::new(CString::new(c.name.as_str()).unwrap_or_default(), table);
     if let Some(base) = c.base {
         chain.set_type(base.kind.into());
         chain.set_hook(base.hook, base.priority);

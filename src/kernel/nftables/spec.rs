@@ -612,7 +612,7 @@ pub(super) fn compare(spec: &TableSpec, seen: &SeenTable) -> Result<(), String> 
 
 /// Base chains in the order they were created, then regular chains by name: the order of
 /// regular chains follows the edits that made them, and means nothing.
-fn chain_order<'a, T>(chains: &'a [T], name: impl Fn(&T) -> &str, is_base: impl Fn(&T) -> bool) -> Vec<&'a T> {
+fn chain_order<T>(chains: &[T], name: impl Fn(&T) -> &str, is_base: impl Fn(&T) -> bool) -> Vec<&T> {
     let mut regular: Vec<&T> = chains.iter().filter(|c| !is_base(c)).collect();
     regular.sort_by(|a, b| name(a).cmp(name(b)));
     chains.iter().filter(|c| is_base(c)).chain(regular).collect()
