@@ -51,7 +51,14 @@
 #   CHURN_RATE under 2,150, above which tuples return within their TIME_WAIT)  CHURN_CONC [32]
 #   CHURN_WARMUP [180] s before the steady state  CHURN_SAMPLE [10] s between samples
 #   ONLY ["sched rounds rss churn"]: the phases to run, e.g. ONLY=churn for the churn alone
-#   (the report then holds only what ran).
+#   (the report then holds only what ran). The phase `services` (not in the default) times
+#   nfvs with many services (issue 11 #7): start-up to its "ready" line with each count of
+#   SVC_COUNTS ["1 1000 10000"] (N-1 services on addresses from 10.100.0.1, no traffic, then
+#   the lab's 192.168.199.200:80 last); with the largest count, SVC_EDITS [20] rounds of
+#   `nfvs adm -A`, `-a` and `-D` of one more service (wall time of the adm process, run
+#   outside the namespace: the control socket is a path); and for the smallest and the largest
+#   count, new connections/s to the lab's service (wrk Connection: close, SVC_CONC [8]
+#   connections, DURATION s) with the machine's busy and softirq CPU per 1,000 connections.
 #   NFVS_BIN: run this nfvs binary instead of building one.
 #   NFVS_BASE_BIN: another nfvs binary (e.g. a build of the commit before a change), run with
 #   nfvs's settings as the contender `nfvs-base` (add it to CONTENDERS), so a change is
@@ -75,6 +82,9 @@ CHURN_CONC=${CHURN_CONC:-32}
 CHURN_WARMUP=${CHURN_WARMUP:-180}
 CHURN_SAMPLE=${CHURN_SAMPLE:-10}
 ONLY=${ONLY:-"sched rounds rss churn"}
+SVC_COUNTS=${SVC_COUNTS:-"1 1000 10000"}
+SVC_EDITS=${SVC_EDITS:-20}
+SVC_CONC=${SVC_CONC:-8}
 PREFIX=${BENCH_PREFIX:-bench}
 
 readonly OUT=target/bench
@@ -95,16 +105,18 @@ say() { echo "bench.sh: $*" >&2; }
 step() { printf '\n== %s\n' "$*" >&2; }
 
 for v in ROUNDS DURATION KA_CONC LAT_N IPERF_SECS FILL_CONNS FILL_CONC SCHED_MS \
-    CHURN_SECS CHURN_RATE CHURN_CONC CHURN_WARMUP CHURN_SAMPLE; do
+    CHURN_SECS CHURN_RATE CHURN_CONC CHURN_WARMUP CHURN_SAMPLE SVC_EDITS SVC_CONC; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 ((ROUNDS >= 1 && DURATION >= 1)) || die "ROUNDS and DURATION must be at least 1"
 ((CHURN_CONC >= 1 && CHURN_SAMPLE >= 1)) || die "CHURN_CONC and CHURN_SAMPLE must be at least 1"
 for p in $ONLY; do
-    case $p in sched | rounds | rss | churn) ;; *) die "ONLY: unknown phase '$p' (sched rounds rss churn)" ;; esac
+    case $p in sched | rounds | rss | churn | services) ;; *) die "ONLY: unknown phase '$p' (sched rounds rss churn services)" ;; esac
 done
 phase() { [[ " $ONLY " == *" $1 "* ]]; }
 for c in $CONCS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "CONCS: '$c' is not a concurrency"; done
+for c in $SVC_COUNTS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "SVC_COUNTS: '$c' is not a number of services"; done
+((SVC_CONC >= 1)) || die "SVC_CONC must be at least 1"
 for c in $CONTENDERS; do
     case $c in kernel | haproxy | nfvs | nfvs-pin | nfvs-info | floor-table | floor | floor-pin) ;;
         nfvs-base) [[ -x ${NFVS_BASE_BIN:-} ]] || die "contender nfvs-base needs NFVS_BASE_BIN, an nfvs binary" ;;
@@ -663,6 +675,125 @@ measure_churn() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Many services (issue 11 #7)
+
+# gen_services N FILE: N services in `ipvsadm -S -n` form, wrr over the two real servers: N-1 on
+# addresses from 10.100.0.1 up (no traffic goes there; distinct addresses are the worst case for
+# anything done per address), then the lab's VIP:80 last, so a rule list walked in order meets
+# it after all the others.
+gen_services() {
+    awk -v n="$1" -v rs1="${RS_IPS[0]}" -v rs2="${RS_IPS[1]}" -v vip="$VIP" '
+        function svc(s) { printf "-A -t %s -s wrr\n-a -t %s -r %s:80 -m -w 1\n-a -t %s -r %s:80 -m -w 1\n", s, s, rs1, s, rs2 }
+        BEGIN {
+            for (i = 1; i < n; i++) {
+                a = 10 * 16777216 + 100 * 65536 + i
+                svc(sprintf("%d.%d.%d.%d:80", int(a / 16777216), int(a / 65536) % 256, int(a / 256) % 256, a % 256))
+            }
+            svc(vip ":80")
+        }' >"$2"
+}
+
+# start_services N: a fresh nfvs (RUST_LOG=info) with N services; records the time from its spawn
+# to its "ready" line as startup_s_N. Returns non-zero, reported, if it is not ready in time.
+start_services() {
+    local n=$1 rules=$RUN/services-$1.rules t0 t1 i
+    gen_services "$n" "$rules"
+    CUR=nfvs-services
+    ROUND=services-$n
+    NFVS_LOG=$LOGS/nfvs-services-$n.log
+    mkdir -p "$RUN/state"
+    flush_ct
+    t0=$(now_us)
+    ip netns exec "$DIR_NS" env RUST_LOG=info "$NFVS" run --rules "$rules" --masquerade "$RS_NET" \
+        --state-dir "$RUN/state" --control "$RUN/control.sock" --drain-timeout 0 >"$NFVS_LOG" 2>&1 &
+    CUR_PID=$!
+    PIDS+=("$CUR_PID")
+    for ((i = 0; i < 30000; i++)); do # 300 s
+        if grep -q -m1 'nfvs: ready' "$NFVS_LOG" 2>/dev/null; then
+            t1=$(now_us)
+            record - nfvs-services "startup_s_$n" "$(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.3f", d / 1e6}')"
+            say "services: $n service(s): ready after $(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.3f", d / 1e6}') s"
+            return 0
+        fi
+        if ! kill -0 "$CUR_PID" 2>/dev/null; then
+            fail "services: nfvs with $n services exited during start-up: $(tail -n 3 "$NFVS_LOG")"
+            return 1
+        fi
+        sleep 0.01
+    done
+    fail "services: nfvs with $n services was not ready within 300 s"
+    return 1
+}
+
+# time_adm METRIC ARGS...: runs `nfvs adm ARGS` against the running daemon and records its wall
+# time in ms as METRIC. Outside the namespace (the control socket is a path), so no
+# `ip netns exec` is timed.
+time_adm() {
+    local metric=$1 t0 t1
+    shift
+    t0=$(now_us)
+    if ! "$NFVS" adm --control "$RUN/control.sock" "$@" >/dev/null 2>>"$LOGS/services-adm.err"; then
+        fail "services: nfvs adm $* failed: $(tail -n 1 "$LOGS/services-adm.err")"
+        return 1
+    fi
+    t1=$(now_us)
+    record - nfvs-services "$metric" "$(awk -v d=$((t1 - t0)) 'BEGIN{printf "%.2f", d / 1000}')"
+}
+
+# services_cps N: new connections/s to the lab's service with N services configured, and the
+# machine's busy and softirq CPU per 1,000 of them (the kernel's per-packet rule cost shows in
+# softirq).
+services_cps() {
+    local n=$1 out rps req err m0 m1 s0 s1
+    wait_balanced || { fail "services: nfvs with $n services does not balance"; return 1; }
+    flush_ct
+    read -r m0 s0 < <(machine_ticks)
+    if ! out=$(run_wrk "close-c$SVC_CONC" "$SVC_CONC" -H 'Connection: close'); then
+        fail "services: wrk with $n services gave no result"
+        return 1
+    fi
+    read -r m1 s1 < <(machine_ticks)
+    read -r rps req err <<<"$out"
+    record - nfvs-services "cps_$n" "$rps"
+    record - nfvs-services "wrk_errors_$n" "$err"
+    if ((req > 0)); then
+        record - nfvs-services "busy_ms_per_1k_$n" "$(awk -v t=$((m1 - m0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN{printf "%.2f", t / hz * 1e6 / n}')"
+        record - nfvs-services "softirq_ms_per_1k_$n" "$(awk -v t=$((s1 - s0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN{printf "%.2f", t / hz * 1e6 / n}')"
+    fi
+    say "services: $n service(s): $rps conn/s ($req requests, $err errors)"
+}
+
+measure_services() {
+    local counts n max=0 min=0 k
+    counts=$(tr ' ' '\n' <<<"$SVC_COUNTS" | grep . | sort -n | uniq | tr '\n' ' ')
+    for n in $counts; do
+        ((n > max)) && max=$n
+        ((min == 0 || n < min)) && min=$n
+    done
+    record - nfvs-services counts "$max"
+    meta services "counts $counts; $SVC_EDITS edits of each kind with $max services; wrk c=$SVC_CONC for ${DURATION}s"
+    for n in $counts; do
+        step "services: $n ($((SECONDS - START)) s so far)"
+        if ! start_services "$n"; then
+            stop_contender nfvs
+            continue
+        fi
+        if ((n == max)); then
+            # What an adm call costs without an edit: one service's listing.
+            for ((k = 1; k <= SVC_EDITS; k++)); do time_adm adm_list_one_ms -L -n -t "$VIP:80" || break; done
+            for ((k = 1; k <= SVC_EDITS; k++)); do
+                time_adm edit_add_service_ms -A -t "10.200.0.$k:80" -s rr || break
+                time_adm edit_add_server_ms -a -t "10.200.0.$k:80" -r "${RS_IPS[0]}:80" -m -w 1 || break
+                time_adm edit_delete_service_ms -D -t "10.200.0.$k:80" || break
+            done
+            say "services: $SVC_EDITS edits of each kind timed"
+        fi
+        if ((n == max || n == min)); then services_cps "$n" || true; fi
+        stop_contender nfvs
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
 # Main
 
 START=$SECONDS
@@ -694,7 +825,7 @@ else
 fi
 [[ -x $NFVS ]] || die "$NFVS was not built"
 FLOOR=
-if [[ " $CONTENDERS " == *" floor"* ]]; then
+if phase rounds && [[ " $CONTENDERS " == *" floor"* ]]; then
     step "building the data path's floor (cargo build --release --example queue_floor)"
     cargo build --release --example queue_floor >&2
     FLOOR=$PWD/target/release/examples/queue_floor
@@ -756,6 +887,11 @@ fi
 if phase churn && [[ " $CONTENDERS " == *" nfvs "* ]] && ((CHURN_SECS > 0)); then
     step "nfvs RSS over $CHURN_SECS s of churn ($((SECONDS - START)) s so far)"
     measure_churn
+fi
+
+if phase services; then
+    step "nfvs with many services ($((SECONDS - START)) s so far)"
+    measure_services
 fi
 
 meta load_after "$(cut -d' ' -f1-3 /proc/loadavg)"

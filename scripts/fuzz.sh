@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long fuzz run (issue 11): every fuzz target that `cargo test` runs a few thousand cases
-# of (tests/fuzz/, and src/kernel/nftables/readback/fuzz.rs for the parsers private to the
-# crate), each for SECONDS seconds (default 60), in an optimised build that keeps overflow
+# of (tests/fuzz/, and any `::fuzz::` module of the crate's own tests for parsers private to
+# it), each for SECONDS seconds (default 60), in an optimised build that keeps overflow
 # checks and debug assertions: a plain release build wraps an overflow silently, and an
 # overflow is one of the panics this is here to find. No root needed.
 #

@@ -6,12 +6,17 @@
 //! [`Ruleset::render`] prints it as `nft` text for `nfvs rules`, for admins who manage their
 //! rules themselves (`rules/nfvs.nft`), and for tests that compare it with the kernel's listing.
 //!
-//! The table has four chains:
+//! The table matches services through a set, so its rules are the same whatever the number of
+//! services, a packet pays one hash look-up instead of one rule per service, and adding or
+//! removing a service is one set element ([`crate::kernel::nftables::update`]):
 //!
+//! - set `services` (`ipv4_addr . inet_service`): VIP . port of every TCP service.
 //! - `divert` (filter, prerouting, priority raw = -300): sends the SYN of every new connection
-//!   to a virtual service to NFQUEUE. Raw priority runs before conntrack (-200), so the daemon
-//!   sees the SYN before the kernel attaches its own conntrack entry; otherwise the daemon's
-//!   entry and the kernel's would clash at confirmation (design.md, "Why raw priority").
+//!   to a virtual service to NFQUEUE (`tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport
+//!   @services`; the flags test comes first, so a data packet costs no look-up). Raw priority
+//!   runs before conntrack (-200), so the daemon sees the SYN before the kernel attaches its
+//!   own conntrack entry; otherwise the daemon's entry and the kernel's would clash at
+//!   confirmation (design.md, "Why raw priority").
 //! - `events` (filter, prerouting, priority mangle = -150), on entries carrying nfvs's ct mark:
 //!   packets without SYN, FIN or RST leave the chain at its first rule (a running flow's data
 //!   pays one flags test); the connection's SYN sets the entry's conntrack event mask to
@@ -29,13 +34,15 @@
 //!   a fresh namespace until some rule references it (design.md fact 2); this chain does both.
 //!   Connections nfvs balanced never reach it (their NAT is set up when the daemon creates the
 //!   conntrack entry), so its counter counts new connections nfvs did *not* balance. With
-//!   `--overload fallback`, the kernel's own balancing rules follow ([`FallbackRule`]). Last, a
-//!   guard per service drops a SYN for VIP:port that got here: the daemon sends each SYN's
-//!   verdict in the same `sendmsg` as its conntrack create, without waiting for the answer
-//!   (src/kernel/nfqueue.rs), so a SYN whose create failed (e.g. EEXIST for a reused port of a
-//!   connection nfvs did not track) arrives here with an entry of the kernel's own, without
-//!   DNAT. Dropped, the client retries it a second later, when the daemon balances it; let
-//!   through, the director itself would answer it with a RST.
+//!   `--overload fallback`, `ip daddr . tcp dport vmap @fallback` follows: map `fallback` sends
+//!   each service's SYNs to its own regular chain `fallback-VIP-PORT` holding the kernel's
+//!   balancing rules for it ([`FallbackRule`]). Last, a guard drops a SYN for one of the
+//!   `services` that got here: the daemon sends each SYN's verdict in the same `sendmsg` as its
+//!   conntrack create, without waiting for the answer (src/kernel/nfqueue.rs), so a SYN whose
+//!   create failed (e.g. EEXIST for a reused port of a connection nfvs did not track) arrives
+//!   here with an entry of the kernel's own, without DNAT. Dropped, the client retries it a
+//!   second later, when the daemon balances it; let through, the director itself would answer
+//!   it with a RST.
 //! - `nat_post` (nat, postrouting, priority srcnat = 100): `ip saddr CIDR masquerade` for each
 //!   `--masquerade` network: the seed's `iptables -t nat -A POSTROUTING -s CIDR -j MASQUERADE`,
 //!   with the same meaning (no output interface).
@@ -55,6 +62,11 @@ pub const CHAIN_DIVERT: &str = "divert";
 pub const CHAIN_EVENTS: &str = "events";
 pub const CHAIN_NAT_PRE: &str = "nat_pre";
 pub const CHAIN_NAT_POST: &str = "nat_post";
+
+/// The set of TCP services (VIP . port) the divert and guard rules look up.
+pub const SET_SERVICES: &str = "services";
+/// The verdict map from a service to its `--overload fallback` chain ([`FallbackRule::chain`]).
+pub const MAP_FALLBACK: &str = "fallback";
 
 /// Why a piece of a [`Ruleset`] is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -253,6 +265,13 @@ pub struct FallbackStep {
 }
 
 impl FallbackRule {
+    /// The name of the regular chain holding this service's rules, `fallback-VIP-PORT`: one
+    /// chain per service, so that changing a service's servers replaces its chain's rules and
+    /// nothing else, and a SYN meets only its own service's rules.
+    pub fn chain(&self) -> String {
+        format!("fallback-{}-{}", self.vip, self.port)
+    }
+
     pub fn steps(&self) -> Vec<FallbackStep> {
         let servers: Vec<_> = self.servers.iter().filter(|s| s.2 > 0).collect();
         let mut remaining: u32 = servers.iter().map(|s| s.2).sum();
@@ -301,9 +320,14 @@ impl Ruleset {
     ///   the form used here as well (checked: only the kernel refuses it here, with ENOENT).
     /// - On a kernel without the native expression (design.md fact 3) `nft -f` cannot load
     ///   any `queue` statement, this text included; `rules/nfvs.iptables` is the loadable form.
+    /// - nft lists chains in the order they were made: after
+    ///   [`update`](crate::kernel::nftables::update)s, the `fallback-*` chains of services
+    ///   added later come after the others. Set elements are listed sorted, as here
+    ///   ([`listing_order`]).
     ///
     /// A UDP divert (which [`Ruleset::validate`] refuses) is rendered as the rule it would
-    /// need, `udp dport` in place of the SYN match, so the text never hides an entry.
+    /// need (`ip daddr VIP udp dport PORT`, after the rule for the set, which holds only TCP
+    /// services), so the text never hides an entry.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -311,62 +335,126 @@ impl Ruleset {
         out
     }
 
-    fn write_nft(&self, out: &mut String) -> fmt::Result {
-        writeln!(out, "table ip {TABLE} {{")?;
+    /// The TCP services, once each, in the order nft lists the elements of set `services`
+    /// (see [`listing_order`]).
+    pub fn tcp_services(&self) -> Vec<(Ipv4Addr, u16)> {
+        let mut v: Vec<(Ipv4Addr, u16)> =
+            self.diverts.iter().filter(|d| d.proto == Protocol::Tcp).map(|d| (d.vip, d.port)).collect();
+        v.sort_by_key(|&(vip, port)| listing_order(vip, port));
+        v.dedup();
+        v
+    }
 
-        writeln!(out, "\tchain {CHAIN_DIVERT} {{")?;
-        writeln!(out, "\t\ttype filter hook prerouting priority raw; policy accept;")?;
-        for d in &self.diverts {
-            writeln!(out, "\t\tip daddr {} {} counter {}", d.vip, divert_match(d), render_queue(&self.queue))?;
+    /// The fallback rules that have a chain (at least one server of weight > 0), once per
+    /// service (the first wins), in the ruleset's order: the order their chains are created in.
+    pub fn fallback_chains(&self) -> Vec<&FallbackRule> {
+        let mut seen = std::collections::HashSet::new();
+        self.fallback.iter().filter(|f| !f.steps().is_empty() && seen.insert((f.vip, f.port))).collect()
+    }
+
+    fn write_nft(&self, out: &mut String) -> fmt::Result {
+        let queue = render_queue(&self.queue);
+        let fallback = self.fallback_chains();
+        // nft separates sets and chains by an empty line.
+        let mut blocks: Vec<String> = Vec::new();
+
+        let mut b = format!("\tset {SET_SERVICES} {{\n\t\ttype ipv4_addr . inet_service\n");
+        write_elements(&mut b, self.tcp_services().iter().map(|(vip, port)| format!("{vip} . {port}")))?;
+        blocks.push(b + "\t}\n");
+
+        if !fallback.is_empty() {
+            let mut b = format!("\tmap {MAP_FALLBACK} {{\n\t\ttype ipv4_addr . inet_service : verdict\n");
+            let mut sorted = fallback.clone();
+            sorted.sort_by_key(|f| listing_order(f.vip, f.port));
+            write_elements(&mut b, sorted.iter().map(|f| format!("{} . {} : jump {}", f.vip, f.port, f.chain())))?;
+            blocks.push(b + "\t}\n");
         }
-        writeln!(out, "\t}}")?;
-        writeln!(out)?;
+
+        let mut b = format!("\tchain {CHAIN_DIVERT} {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n");
+        writeln!(b, "\t\t{SYN_TO_SERVICE} counter {queue}")?;
+        for d in self.diverts.iter().filter(|d| d.proto != Protocol::Tcp) {
+            writeln!(b, "\t\tip daddr {} {} counter {queue}", d.vip, divert_match(d))?;
+        }
+        blocks.push(b + "\t}\n");
 
         if let Some(mark) = self.events_mark {
-            writeln!(out, "\tchain {CHAIN_EVENTS} {{")?;
-            writeln!(out, "\t\ttype filter hook prerouting priority mangle; policy accept;")?;
-            writeln!(out, "\t\ttcp flags ! fin,syn,rst accept")?;
-            writeln!(out, "\t\ttcp flags syn / fin,syn,rst,ack ct mark {mark:#010x} ct event set destroy")?;
-            writeln!(out, "\t\tct label 127 ct mark {mark:#010x} ct event set destroy accept")?;
-            writeln!(
-                out,
-                "\t\ttcp flags fin,rst ct mark {mark:#010x} ct label set 127 ct event set destroy,protoinfo"
-            )?;
-            writeln!(out, "\t}}")?;
-            writeln!(out)?;
+            let mut b = format!("\tchain {CHAIN_EVENTS} {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n");
+            writeln!(b, "\t\ttcp flags ! fin,syn,rst accept")?;
+            writeln!(b, "\t\ttcp flags syn / fin,syn,rst,ack ct mark {mark:#010x} ct event set destroy")?;
+            writeln!(b, "\t\tct label 127 ct mark {mark:#010x} ct event set destroy accept")?;
+            writeln!(b, "\t\ttcp flags fin,rst ct mark {mark:#010x} ct label set 127 ct event set destroy,protoinfo")?;
+            blocks.push(b + "\t}\n");
         }
 
-        writeln!(out, "\tchain {CHAIN_NAT_PRE} {{")?;
-        writeln!(out, "\t\ttype nat hook prerouting priority dstnat; policy accept;")?;
-        writeln!(out, "\t\tct state new counter")?;
-        for f in &self.fallback {
+        let mut b = format!("\tchain {CHAIN_NAT_PRE} {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n");
+        writeln!(b, "\t\tct state new counter")?;
+        if !fallback.is_empty() {
+            writeln!(b, "\t\tip daddr . tcp dport vmap @{MAP_FALLBACK}")?;
+        }
+        writeln!(b, "\t\t{SYN_TO_SERVICE} counter drop")?;
+        for d in self.diverts.iter().filter(|d| d.proto != Protocol::Tcp) {
+            writeln!(b, "\t\tip daddr {} {} counter drop", d.vip, divert_match(d))?;
+        }
+        blocks.push(b + "\t}\n");
+
+        let mut b = format!("\tchain {CHAIN_NAT_POST} {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
+        for c in &self.masquerade {
+            // nft prints a /32 as the bare address.
+            if c.prefix == 32 {
+                writeln!(b, "\t\tip saddr {} masquerade", c.addr)?;
+            } else {
+                writeln!(b, "\t\tip saddr {c} masquerade")?;
+            }
+        }
+        blocks.push(b + "\t}\n");
+
+        for f in &fallback {
+            let mut b = format!("\tchain {} {{\n", f.chain());
             for step in f.steps() {
                 let ng = match step.numgen {
                     Some((m, below)) => format!("numgen inc mod {m} < {below} "),
                     None => String::new(),
                 };
-                writeln!(out, "\t\tip daddr {} tcp dport {} {ng}counter dnat to {}:{}", f.vip, f.port, step.to.0, step.to.1)?;
+                writeln!(b, "\t\tmeta l4proto tcp {ng}counter dnat to {}:{}", step.to.0, step.to.1)?;
             }
+            blocks.push(b + "\t}\n");
         }
-        for d in &self.diverts {
-            writeln!(out, "\t\tip daddr {} {} counter drop", d.vip, divert_match(d))?;
-        }
-        writeln!(out, "\t}}")?;
-        writeln!(out)?;
 
-        writeln!(out, "\tchain {CHAIN_NAT_POST} {{")?;
-        writeln!(out, "\t\ttype nat hook postrouting priority srcnat; policy accept;")?;
-        for c in &self.masquerade {
-            // nft prints a /32 as the bare address.
-            if c.prefix == 32 {
-                writeln!(out, "\t\tip saddr {} masquerade", c.addr)?;
-            } else {
-                writeln!(out, "\t\tip saddr {c} masquerade")?;
-            }
-        }
-        writeln!(out, "\t}}")?;
+        writeln!(out, "table ip {TABLE} {{")?;
+        out.push_str(&blocks.join("\n"));
         writeln!(out, "}}")
     }
+}
+
+/// The match of the divert rule and of the guard: a TCP connection's first packet to one of
+/// the services.
+const SYN_TO_SERVICE: &str = "tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services";
+
+/// `elements = { A,\n\t\t\t     B }`: how nft 1.0.6 lists the elements of a named set whose
+/// type is a concatenation, one a line (nftables src/expression.c, `calculate_delim`); nothing
+/// for an empty set.
+fn write_elements(out: &mut String, elements: impl Iterator<Item = String>) -> fmt::Result {
+    let mut first = true;
+    for e in elements {
+        out.push_str(if first { "\t\telements = { " } else { ",\n\t\t\t     " });
+        out.push_str(&e);
+        first = false;
+    }
+    if !first {
+        out.push_str(" }\n");
+    }
+    Ok(())
+}
+
+/// The order in which nft 1.0.6 lists the elements of a set keyed `ipv4_addr . inet_service`:
+/// it sorts them by their key read as one little-endian number (the 8 key bytes: address,
+/// port in network order, two bytes of padding), so the port's low byte counts most, then its
+/// high byte, then the address's last byte, and so on (seen with `nft list`; the kernel itself
+/// dumps them in hash order).
+pub fn listing_order(vip: Ipv4Addr, port: u16) -> [u8; 6] {
+    let [a0, a1, a2, a3] = vip.octets();
+    let [p_hi, p_lo] = port.to_be_bytes();
+    [p_lo, p_hi, a3, a2, a1, a0]
 }
 
 /// What a divert (and its guard) matches after `ip daddr VIP`.
@@ -590,9 +678,14 @@ mod tests {
     fn render_lab() {
         let expected = "\
 table ip nfvs {
+\tset services {
+\t\ttype ipv4_addr . inet_service
+\t\telements = { 192.168.199.200 . 80 }
+\t}
+
 \tchain divert {
 \t\ttype filter hook prerouting priority raw; policy accept;
-\t\tip daddr 192.168.199.200 tcp dport 80 tcp flags syn / fin,syn,rst,ack counter queue num 0
+\t\ttcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services counter queue num 0
 \t}
 
 \tchain events {
@@ -606,7 +699,7 @@ table ip nfvs {
 \tchain nat_pre {
 \t\ttype nat hook prerouting priority dstnat; policy accept;
 \t\tct state new counter
-\t\tip daddr 192.168.199.200 tcp dport 80 tcp flags syn / fin,syn,rst,ack counter drop
+\t\ttcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services counter drop
 \t}
 
 \tchain nat_post {
@@ -635,23 +728,94 @@ table ip nfvs {
             diverts: vec![
                 Divert::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 1), 443).unwrap(),
                 Divert::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 2), 8080).unwrap(),
+                Divert::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 1), 80).unwrap(),
+                Divert::new(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 1), 443).unwrap(),
             ],
             masquerade: vec![cidr("10.1.2.3"), cidr("0.0.0.0/0")],
             fallback: vec![],
             events_mark: None,
         };
         let text = rs.render();
+        // nft's order (ports' low byte first: 80 = 0x0050, 8080 = 0x1f90, 443 = 0x01bb), each
+        // element once.
         assert!(text.contains(
-            "\t\tip daddr 10.0.0.1 tcp dport 443 tcp flags syn / fin,syn,rst,ack counter queue num 4-5 bypass,fanout\n\
-             \t\tip daddr 10.0.0.2 tcp dport 8080 "
-        ));
+            "\t\telements = { 10.0.0.1 . 80,\n\t\t\t     10.0.0.2 . 8080,\n\t\t\t     10.0.0.1 . 443 }\n"
+        ), "{text}");
+        assert!(text.contains(
+            "\t\ttcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services counter queue num 4-5 bypass,fanout\n\t}\n"
+        ), "{text}");
         assert!(text.contains("\t\tip saddr 10.1.2.3 masquerade\n\t\tip saddr 0.0.0.0/0 masquerade\n"));
 
         let empty =
             Ruleset { queue: QueueSpec::single(0), diverts: vec![], masquerade: vec![], fallback: vec![], events_mark: None };
-        assert!(empty.render().contains(
-            "\tchain divert {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t}\n"
-        ));
+        let text = empty.render();
+        assert!(text.starts_with("table ip nfvs {\n\tset services {\n\t\ttype ipv4_addr . inet_service\n\t}\n\n"), "{text}");
+        assert!(text.contains(
+            "\tchain divert {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\ttcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services counter queue num 0\n\t}\n"
+        ), "{text}");
+    }
+
+    /// `--overload fallback`: the map, the vmap rule before the guard, a chain per service
+    /// after the base chains.
+    #[test]
+    fn render_fallback() {
+        let a = |n| Ipv4Addr::new(192, 168, 226, n);
+        let vip = Ipv4Addr::new(192, 168, 199, 200);
+        let mut rs = lab();
+        rs.diverts.push(Divert::new(Protocol::Tcp, vip, 443).unwrap());
+        rs.fallback = vec![
+            FallbackRule { vip, port: 80, servers: vec![(a(131), 80, 1), (a(130), 80, 2)] },
+            FallbackRule { vip, port: 443, servers: vec![(a(131), 443, 1)] },
+            FallbackRule { vip, port: 444, servers: vec![(a(131), 443, 0)] },
+        ];
+        let text = rs.render();
+        assert!(text.contains(
+            "\n\tmap fallback {\n\t\ttype ipv4_addr . inet_service : verdict\n\
+             \t\telements = { 192.168.199.200 . 80 : jump fallback-192.168.199.200-80,\n\
+             \t\t\t     192.168.199.200 . 443 : jump fallback-192.168.199.200-443 }\n\t}\n\n\tchain divert {\n"
+        ), "{text}");
+        assert!(text.contains(
+            "\t\tct state new counter\n\t\tip daddr . tcp dport vmap @fallback\n\t\ttcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services counter drop\n"
+        ), "{text}");
+        assert!(text.ends_with(
+            "\t\tip saddr 192.168.226.0/24 masquerade\n\t}\n\n\
+             \tchain fallback-192.168.199.200-80 {\n\
+             \t\tmeta l4proto tcp numgen inc mod 3 < 1 counter dnat to 192.168.226.131:80\n\
+             \t\tmeta l4proto tcp counter dnat to 192.168.226.130:80\n\t}\n\n\
+             \tchain fallback-192.168.199.200-443 {\n\
+             \t\tmeta l4proto tcp counter dnat to 192.168.226.131:443\n\t}\n}\n"
+        ), "{text}");
+        assert!(!text.contains("444"), "{text}");
+    }
+
+    /// nft 1.0.6 lists the elements of an `ipv4_addr . inet_service` set by their key read as
+    /// a little-endian number; `nft list` of the set this test builds (added in another order):
+    /// ```text
+    /// elements = { 192.168.0.1 . 1, 9.9.9.9 . 9, 10.0.0.1 . 22, 1.2.3.4 . 22, 10.0.0.1 . 80,
+    ///              192.168.199.200 . 80, 10.0.0.1 . 8080, 10.0.0.1 . 443 }
+    /// ```
+    #[test]
+    fn elements_in_nft_listing_order() {
+        let mut v: Vec<(Ipv4Addr, u16)> = [
+            ([10, 0, 0, 1], 443),
+            ([10, 0, 0, 1], 80),
+            ([1, 2, 3, 4], 22),
+            ([10, 0, 0, 1], 8080),
+            ([192, 168, 0, 1], 1),
+            ([10, 0, 0, 1], 22),
+            ([9, 9, 9, 9], 9),
+            ([192, 168, 199, 200], 80),
+        ]
+        .iter()
+        .map(|&(a, p)| (Ipv4Addr::from(a), p))
+        .collect();
+        v.sort_by_key(|&(a, p)| listing_order(a, p));
+        let text: Vec<String> = v.iter().map(|(a, p)| format!("{a} . {p}")).collect();
+        assert_eq!(
+            text.join(", "),
+            "192.168.0.1 . 1, 9.9.9.9 . 9, 10.0.0.1 . 22, 1.2.3.4 . 22, 10.0.0.1 . 80, 192.168.199.200 . 80, \
+             10.0.0.1 . 8080, 10.0.0.1 . 443"
+        );
     }
 
     /// `rules/nfvs.nft` is the lab's table for admins; keep it in step with `render`.

@@ -4,6 +4,7 @@
 //! This module is pure data and logic: it never touches the kernel. The daemon owns one
 //! [`Table`] and asks it for decisions; connection counters are updated from outside.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
@@ -246,6 +247,10 @@ fn check_thresholds(spec: &DestSpec) -> Result<(), EditError> {
 #[derive(Debug, Default)]
 pub struct Table {
     services: Vec<Service>,
+    /// Where each service is in `services`: every SYN, every conntrack event and every edit
+    /// finds its service by key, at the same cost with ten thousand services as with one
+    /// (issue 11 #7; a walk of the list made the rules file's load quadratic).
+    index: HashMap<ServiceKey, usize>,
     next_dest: u64,
     defaults: SchedOptions,
 }
@@ -273,16 +278,19 @@ impl Table {
         &self.services
     }
 
+    /// The services, to change in place; a service's key must stay as it is (the index
+    /// follows `add_service` and `del_service` only).
     pub fn services_mut(&mut self) -> &mut [Service] {
         &mut self.services
     }
 
     pub fn find(&self, key: &ServiceKey) -> Option<usize> {
-        self.services.iter().position(|s| s.spec.key == *key)
+        self.index.get(key).copied()
     }
 
     pub fn service_mut(&mut self, key: &ServiceKey) -> Option<&mut Service> {
-        self.services.iter_mut().find(|s| s.spec.key == *key)
+        let i = self.find(key)?;
+        self.services.get_mut(i)
     }
 
     /// `-A`: a new, empty service.
@@ -292,6 +300,7 @@ impl Table {
             return Err(EditError::ServiceExists);
         }
         let sched = sched::new(&spec.sched_name, &spec.sched_opts, &[])?;
+        self.index.insert(spec.key, self.services.len());
         self.services.push(Service { spec, dests: Vec::new(), sched, persist: Persistence::new(false) });
         Ok(())
     }
@@ -311,7 +320,13 @@ impl Table {
     /// `-D`.
     pub fn del_service(&mut self, key: &ServiceKey) -> Result<Service, EditError> {
         let i = self.find(key).ok_or(EditError::NoService)?;
-        Ok(self.services.remove(i))
+        let svc = self.services.remove(i);
+        self.index.remove(key);
+        // The services after it moved up by one.
+        for (j, s) in self.services.iter().enumerate().skip(i) {
+            self.index.insert(s.spec.key, j);
+        }
+        Ok(svc)
     }
 
     /// Expires persistence templates of every service.
@@ -324,6 +339,7 @@ impl Table {
     /// `-C`.
     pub fn clear(&mut self) {
         self.services.clear();
+        self.index.clear();
     }
 
     /// `-a`: the new destination goes to the head of the list.
@@ -365,5 +381,46 @@ impl Table {
         let d = svc.dests.remove(i);
         svc.sched.on_change(&svc.dests, Change::Removed { index: i, id: d.id });
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(port: u16) -> ServiceSpec {
+        ServiceSpec {
+            key: ServiceKey { proto: Protocol::Tcp, addr: Ipv4Addr::new(10, 0, 0, 1), port },
+            sched_name: "rr".into(),
+            sched_opts: SchedOptions::default(),
+            persistent: None,
+            netmask: Ipv4Addr::BROADCAST,
+        }
+    }
+
+    /// The key index follows additions, deletions (the services after a deleted one move up)
+    /// and a clear; the list keeps its creation order.
+    #[test]
+    fn services_are_found_by_key_after_edits() {
+        let mut t = Table::new();
+        for port in 1..=5 {
+            t.add_service(spec(port)).unwrap();
+        }
+        assert!(matches!(t.add_service(spec(3)), Err(EditError::ServiceExists)));
+        t.del_service(&spec(2).key).unwrap();
+        assert!(matches!(t.del_service(&spec(2).key), Err(EditError::NoService)));
+        let ports: Vec<u16> = t.services().iter().map(|s| s.key().port).collect();
+        assert_eq!(ports, [1, 3, 4, 5]);
+        for (i, port) in ports.iter().enumerate() {
+            assert_eq!(t.find(&spec(*port).key), Some(i));
+            assert_eq!(t.service_mut(&spec(*port).key).map(|s| s.key().port), Some(*port));
+        }
+        assert_eq!(t.find(&spec(2).key), None);
+        t.add_service(spec(2)).unwrap();
+        assert_eq!(t.find(&spec(2).key), Some(4));
+        t.clear();
+        assert_eq!(t.find(&spec(1).key), None);
+        t.add_service(spec(1)).unwrap();
+        assert_eq!(t.find(&spec(1).key), Some(0));
     }
 }

@@ -630,7 +630,8 @@ fn restore_connections_listing_and_zero() {
     let out = adm.run_stdin(&["-R"], more);
     assert!(out.status.success(), "-R: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(adm.save(), format!("{SEED_SAVE}{}", more.replace("ipvsadm ", "")));
-    assert!(nft_table(&lab).contains("tcp dport 81"), "no divert rule for the restored service:\n{}", nft_table(&lab));
+    // Diverted: an element of set services (issue 11 #7).
+    assert!(nft_table(&lab).contains("192.168.199.200 . 81"), "no divert for the restored service:\n{}", nft_table(&lab));
 
     // Four closed connections on :80, one on :81, then a download (on .131) that stays open.
     let got: Vec<String> = (0..4).map(|_| curl_rs(&lab)).collect();

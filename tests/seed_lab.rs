@@ -325,7 +325,10 @@ fn overload_fallback_balances_while_no_daemon_runs() {
     require_root();
     let lab = Lab::up();
     let mut d = lab.nfvs().args(["--overload", "fallback"]).start().unwrap();
+    // nat_pre sends the service to a chain of its own (issue 11 #7), which balances.
     let listed = lab.exec_ok(Role::Director, &["nft", "list", "chain", "ip", "nfvs", "nat_pre"]);
+    assert!(listed.contains("ip daddr . tcp dport vmap @fallback"), "{listed}");
+    let listed = lab.exec_ok(Role::Director, &["nft", "list", "chain", "ip", "nfvs", "fallback-192.168.199.200-80"]);
     assert!(listed.contains("numgen inc mod 2 < 1 counter"), "{listed}");
     d.signal(libc::SIGKILL).unwrap();
     d.wait().unwrap();

@@ -10,6 +10,9 @@ Reads from OUTDIR:
   failures.txt    one line per thing that could not run (may be missing or empty)
   sched_bench.txt the scheduler micro-benchmark's tables (may be missing)
   churn.tsv       nfvs's samples during the churn (may be missing)
+The phase `services` records under the contender "nfvs-services" (round "-"): startup_s_N,
+cps_N, busy_ms_per_1k_N, softirq_ms_per_1k_N and wrk_errors_N per count of services N, and
+one value per timed `nfvs adm` call of adm_list_one_ms and edit_*_ms.
 and prints the report: medians of the rounds, absolute and as ratios to the kernel-only
 ceiling, then the per-round values so the spread can be judged.
 """
@@ -199,6 +202,45 @@ def churn_per_minute(path):
     return picked
 
 
+def print_services(p, sv):
+    """The `services` phase: start-up, edits and per-connection cost with many services."""
+    counts = sorted({int(m.rsplit("_", 1)[1]) for m in sv if m.startswith(("startup_s_", "cps_"))})
+    p("## nfvs with many services (issue 11 #7)")
+    p()
+    p("N-1 services on addresses nobody uses, then the lab's VIP:80 last (scripts/bench.sh, "
+      "`gen_services`); each a fresh daemon, RUST_LOG=info.")
+    p()
+    p("| services | " + " | ".join(f"{n:,}" for n in counts) + " |")
+    p("|---|" + "---:|" * len(counts))
+    for metric, label, digits in (
+        ("startup_s", "start-up to the ready line (s)", 3),
+        ("cps", "new connections/s to the lab's service", 0),
+        ("busy_ms_per_1k", "whole machine busy CPU ms / 1,000 new conns", 1),
+        ("softirq_ms_per_1k", "whole machine softirq ms / 1,000 new conns", 1),
+        ("wrk_errors", "wrk socket errors + non-2xx", 0),
+    ):
+        cells = [fmt(sv[f"{metric}_{n}"][0][1], digits) if sv.get(f"{metric}_{n}") else "—" for n in counts]
+        if any(c != "—" for c in cells):
+            p(f"| {label} | " + " | ".join(cells) + " |")
+    p()
+    edits = [(m, l) for m, l in (
+        ("adm_list_one_ms", "`adm -L -n -t VIP:80` (no edit: the adm process and a round trip)"),
+        ("edit_add_service_ms", "`adm -A -t ADDR:80 -s rr`"),
+        ("edit_add_server_ms", "`adm -a -t ADDR:80 -r RIP:80 -m -w 1`"),
+        ("edit_delete_service_ms", "`adm -D -t ADDR:80`"),
+    ) if sv.get(m)]
+    if edits:
+        n = int(sv["counts"][0][1]) if sv.get("counts") else max(counts, default=0)
+        p(f"Edits with {n:,} services (wall time of the `nfvs adm` process, ms):")
+        p()
+        p("| command | median | min | max | calls |")
+        p("|---|---:|---:|---:|---:|")
+        for m, label in edits:
+            vals = [v for _, v in sv[m]]
+            p(f"| {label} | {statistics.median(vals):.1f} | {min(vals):.1f} | {max(vals):.1f} | {len(vals)} |")
+        p()
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -322,6 +364,10 @@ def main():
             p("VmRSS (MB) and connections tracked, once a minute: "
               + ", ".join(f"{t:.0f} s {mb:.1f} ({conns:,})" for t, mb, conns in per_min) + ".")
             p()
+
+    sv = values.get("nfvs-services", {})
+    if sv:
+        print_services(p, sv)
 
     def speed_targets(n):
         targets = []

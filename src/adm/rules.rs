@@ -189,7 +189,7 @@ pub fn diff(old: &Table, new: &Table) -> Vec<Command> {
                 out.push(Command::AddDest(key, dest_spec_of(d)));
             }
         };
-        match old.services().iter().find(|o| o.key() == key) {
+        match old.find(&key).map(|i| &old.services()[i]) {
             None => {
                 out.push(Command::AddService(n.spec.clone()));
                 adds(&n.dests, &mut out);

@@ -160,9 +160,10 @@ impl Shared {
 
     /// Applies table edits under the engine's lock, then, with the lock released, carries out
     /// their effects: deletes the connections `--expire-nodest` cuts and installs the table
-    /// if what it should hold changed (one atomic batch, in which the nat chains are replaced
-    /// in the same transaction, so NAT stays registered for running flows). `edit` returns
-    /// what the caller wants to report, besides the effects.
+    /// if what it should hold changed (one atomic batch with just the services that changed,
+    /// or, when more changed, the whole table, in which the nat chains are replaced in the
+    /// same transaction, so NAT stays registered for running flows: `nftables::update`).
+    /// `edit` returns what the caller wants to report, besides the effects.
     fn edit<T>(&self, edit: impl FnOnce(&mut Engine) -> (T, EditEffects)) -> (T, anyhow::Result<()>) {
         let mut installed = self.install.lock().unwrap_or_else(|e| e.into_inner());
         let (out, fx, want) = {
@@ -175,7 +176,7 @@ impl Shared {
         if want == *installed {
             return (out, Ok(()));
         }
-        let res = nftables::apply(&want, self.qimpl).map_err(anyhow::Error::from);
+        let res = nftables::update(&installed, &want, self.qimpl).map_err(anyhow::Error::from);
         if res.is_ok() {
             *installed = want;
         }

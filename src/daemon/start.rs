@@ -21,7 +21,7 @@ use crate::kernel::nfqueue::{Queue, QueueConfig};
 use crate::kernel::nftables;
 use crate::kernel::os;
 use crate::kernel::sysctl::{Setting, Sysctl};
-use crate::model::{CtEventKind, Protocol};
+use crate::model::{CtEntry, CtEventKind};
 use crate::ruleset::{self, Overload};
 use crate::service::Table;
 
@@ -71,13 +71,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let start = Instant::now();
     let mut engine = Engine::new(table, opts.ct_mark, opts.expire_nodest);
+    // One walk of the conntrack table, whatever the number of services: every IPv4 entry
+    // (mask 0 matches any mark), split here.
+    let (ours, others): (Vec<CtEntry>, Vec<CtEntry>) =
+        ct.dump(0, 0)?.into_iter().partition(|e| e.mark == opts.ct_mark);
     // Connections balanced by an earlier run (a restart): count them as if nfvs had never
     // stopped. The daemon's clock starts at zero here.
-    engine.count_existing(&ct.dump(opts.ct_mark, u32::MAX)?, Duration::ZERO, false);
+    engine.count_existing(&ours, Duration::ZERO, false);
     log_table(&engine);
     super::forward::check_at_start(&engine.table);
     // Before any worker runs: a SYN for such a tuple may be waiting in the queue already.
-    engine.foreign = find_foreign_finished(&mut ct, &engine, start.elapsed());
+    engine.foreign = find_foreign_finished(&others, &engine, start.elapsed());
 
     let shared = Arc::new(Shared {
         engine: Mutex::new(engine),
@@ -207,35 +211,11 @@ fn wanted_sysctls(s: &Sysctl, opts: &RunOptions) -> anyhow::Result<Vec<Setting>>
     Ok(w)
 }
 
-/// Virtual addresses up to which the foreign search dumps per address (each dump a walk of
-/// the whole conntrack table, sending only the address's entries); with more, one dump of
-/// everything is cheaper (issue 11 #7: 10,000 services took 10,000 walks at start-up).
-const DUMPS_PER_VIP_MAX: usize = 8;
-
-/// Looks for finished entries of our services nfvs did not make (see [`ForeignFinished`]),
-/// once, at start-up.
-fn find_foreign_finished(ct: &mut Conntrack, engine: &Engine, now: Duration) -> ForeignFinished {
+/// The finished entries of our services nfvs did not make (see [`ForeignFinished`]), among
+/// the entries without nfvs's mark found at start-up.
+fn find_foreign_finished(entries: &[CtEntry], engine: &Engine, now: Duration) -> ForeignFinished {
     let services: Vec<_> = engine.table.services().iter().map(|s| s.key()).collect();
-    let vips = ForeignFinished::vips(&services);
-    let dumps: Vec<Result<Vec<_>, _>> = if vips.len() <= DUMPS_PER_VIP_MAX {
-        vips.into_iter().map(|vip| ct.dump_to(Protocol::Tcp, vip, None)).collect()
-    } else {
-        vec![ct.dump(0, 0)] // mark 0 under mask 0: every entry
-    };
-    let mut entries = Vec::new();
-    for dump in dumps {
-        match dump {
-            Ok(e) => entries.extend(e),
-            Err(e) => {
-                warn!(
-                    "cannot look for finished connections nfvs did not balance: {e}; a client reusing one of their \
-                     source ports waits for its SYN retry"
-                );
-                return ForeignFinished::default();
-            }
-        }
-    }
-    let f = ForeignFinished::from_entries(&entries, &services, engine.mark(), now);
+    let f = ForeignFinished::from_entries(entries, &services, engine.mark(), now);
     if !f.is_empty() {
         info!(
             "found {} finished connection(s) to our services that nfvs did not balance (a fallback rule's or \

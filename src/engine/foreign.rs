@@ -20,14 +20,9 @@ pub struct ForeignFinished {
 }
 
 impl ForeignFinished {
-    /// The virtual addresses whose entries to dump (one kernel-filtered dump each: see
-    /// `Conntrack::dump_to`).
-    pub fn vips(services: &[ServiceKey]) -> HashSet<IpAddr> {
-        services.iter().filter(|k| k.proto == Protocol::Tcp).map(|k| IpAddr::from(k.addr)).collect()
-    }
-
-    /// Keeps, of the TCP entries dumped for [`ForeignFinished::vips`], the finished ones to one
-    /// of `services` that do not carry nfvs's `mark`; `now` is the daemon's clock.
+    /// Keeps, of conntrack's `entries` (all of them: one dump at start-up, whatever the
+    /// number of services), the finished TCP ones to one of `services` that do not carry
+    /// nfvs's `mark`; `now` is the daemon's clock.
     pub fn from_entries(entries: &[CtEntry], services: &[ServiceKey], mark: u32, now: Duration) -> ForeignFinished {
         let tcp: HashSet<(IpAddr, u16)> =
             services.iter().filter(|k| k.proto == Protocol::Tcp).map(|k| (k.addr.into(), k.port)).collect();

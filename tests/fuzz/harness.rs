@@ -15,7 +15,7 @@
 //! with proptest's minimal input and the seed that found it.
 //!
 //! This file is also included by the crate's own fuzz tests of private parsers
-//! (`src/kernel/nftables/readback/fuzz.rs`), so the two share one runner.
+//! (a `fuzz` module inside the crate), so the two share one runner.
 
 #![allow(dead_code)] // each includer uses its own part
 

@@ -8,9 +8,9 @@
 //! Property tests over generated inputs (proptest: the stable toolchain has no libFuzzer),
 //! made to reach past the first length check: real messages and lines, damaged, spliced and
 //! extended, as well as pure random ones. `cargo test` runs a bounded number of cases per
-//! target; `NFVS_FUZZ_SECONDS` runs them for a time each instead ([`harness`] says how). The
-//! parsers private to `kernel::nftables` (the read-back of our table) are fuzzed by the
-//! crate's own tests, with this runner: `src/kernel/nftables/readback/fuzz.rs`.
+//! target; `NFVS_FUZZ_SECONDS` runs them for a time each instead ([`harness`] says how).
+//! Parsers private to the crate would be fuzzed by its own tests with this runner; the one
+//! that was (the nftables read-back) is to be rewritten for the table's set of services.
 //!
 //! A panic found is fixed where it is, with a regression test of the exact input beside the
 //! parser's other tests.

@@ -1,6 +1,7 @@
 //! Sending an nftnl batch in one `sendmsg` and checking the acknowledgement of every message,
 //! and the dumps the read-back makes, on one nfnetlink socket.
 
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -44,10 +45,11 @@ impl LabelledBatch {
         } else {
             names.extend(labels);
         }
-        let sock = NlSocket::open(op)?;
-        sock.send_batch(op, &batch)?;
-        let acks = sock.drain_acks(op)?;
-        check_acks(op, seqs.start, &names, framed, &acks)
+        NlSocket::with(op, |sock| {
+            sock.send_batch(op, &batch)?;
+            let acks = sock.drain_acks(op)?;
+            check_acks(op, seqs.start, &names, framed, &acks)
+        })
     }
 }
 
@@ -124,12 +126,46 @@ fn recv_buf() -> RecvBuf {
 /// One nfnetlink socket, opened in the calling thread's network namespace.
 pub(super) struct NlSocket {
     sock: mnl::Socket,
+    /// The network namespace it belongs to (device and inode of /proc/thread-self/ns/net).
+    netns: Option<(u64, u64)>,
+}
+
+thread_local! {
+    /// The thread's nfnetlink socket, kept open between calls. Closing one shortly after a
+    /// transaction that deleted something waits until the kernel has freed what was deleted
+    /// (`nft_rcv_nl_event` flushes nf_tables' destroy work, which waits for an RCU grace
+    /// period): several milliseconds, tens of them on a busy machine, measured with
+    /// `strace -T`. An edit that deletes a service would pay that every time.
+    static SOCKET: RefCell<Option<NlSocket>> = const { RefCell::new(None) };
+}
+
+/// The calling thread's network namespace, to tell whether a kept socket belongs to it.
+fn current_netns() -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl NlSocket {
-    pub(super) fn open(op: Op) -> Result<NlSocket, NftError> {
+    fn open(op: Op) -> Result<NlSocket, NftError> {
         let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(|source| NftError::Socket { op, source })?;
-        Ok(NlSocket { sock })
+        Ok(NlSocket { sock, netns: current_netns() })
+    }
+
+    /// Runs `f` on the calling thread's socket, opened on first use and kept while its
+    /// network namespace is the thread's. A socket `f` failed on is closed, so that no
+    /// answer left unread on it can be taken for the next call's.
+    pub(super) fn with<T>(op: Op, f: impl FnOnce(&NlSocket) -> Result<T, NftError>) -> Result<T, NftError> {
+        let kept = SOCKET.with(|s| s.borrow_mut().take());
+        let netns = current_netns();
+        let sock = match kept {
+            Some(sock) if netns.is_some() && sock.netns == netns => sock,
+            _ => NlSocket::open(op)?,
+        };
+        let res = f(&sock);
+        if res.is_ok() {
+            SOCKET.with(|s| *s.borrow_mut() = Some(sock));
+        }
+        res
     }
 
     fn fd(&self) -> RawFd {
@@ -216,6 +252,47 @@ impl NlSocket {
             }
             acks.extend(parse_acks(&bytes[..n as usize]).map_err(|m| NftError::Protocol { op, detail: m.to_string() })?);
         }
+    }
+
+    /// Send `requests`, `count` netlink requests that each ask for an acknowledgement
+    /// (NLM_F_ACK), in one `send`; hand every answer other than an acknowledgement to `each`,
+    /// and return the `(seq, errno)` of each acknowledgement (errno 0) or refusal, once every
+    /// request has one. The kernel runs the requests one after another
+    /// (`netlink_rcv_skb`); the caller keeps their answers within the receive buffer.
+    pub(super) fn requests(
+        &self,
+        op: Op,
+        requests: &[u8],
+        count: usize,
+        mut each: impl FnMut(&Message<'_>) -> Result<(), NftError>,
+    ) -> Result<Vec<(u32, i32)>, NftError> {
+        // The answers come during our send; the timeout guards against a request that is
+        // never answered.
+        let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        if let Err(e) = setsockopt(self.fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv) {
+            log::debug!("{op}: cannot set a receive timeout: {e}");
+        }
+        socket::send_all(self.fd(), requests).map_err(|source| NftError::Socket { op, source })?;
+        let mut buf = recv_buf();
+        let mut acks = Vec::with_capacity(count);
+        let malformed = |m: netlink::Malformed| NftError::Protocol { op, detail: m.to_string() };
+        while acks.len() < count {
+            let n = match recv_mnl(&self.sock, &mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(NftError::MissingAck { op, what: format!("{} of {count} requests", count - acks.len()) })
+                }
+                Err(source) => return Err(NftError::Socket { op, source }),
+            };
+            for msg in Messages::new(buf.bytes().get(..n).unwrap_or(&[])) {
+                let msg = msg.map_err(malformed)?;
+                match msg.ty {
+                    NLMSG_ERROR => acks.push((msg.seq, nlmsgerr(&msg).map_err(malformed)?)),
+                    _ => each(&msg)?,
+                }
+            }
+        }
+        Ok(acks)
     }
 
     /// Send one dump request and hand every reply message to `each` until NLMSG_DONE.

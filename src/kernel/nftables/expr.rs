@@ -49,11 +49,21 @@ impl Expression for Expr {
         // attribute set below belongs to that type.
         unsafe {
             match self {
-                Expr::Payload { base, offset, len } => {
-                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, reg1);
+                Expr::Payload { base, offset, len, dreg } => {
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, *dreg);
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, *base);
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, *offset);
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, *len);
+                }
+                Expr::Lookup { set, dreg } => {
+                    // Set names are ours ("services", "fallback"): no NUL inside.
+                    let name = CString::new(set.as_str()).unwrap_or_default();
+                    // libnftnl copies the string (src/expr/lookup.c `nftnl_expr_lookup_set`).
+                    sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr());
+                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SREG as u16, reg1);
+                    if let Some(dreg) = dreg {
+                        sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_DREG as u16, *dreg);
+                    }
                 }
                 Expr::Meta { key } => {
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_META_KEY as u16, *key);
@@ -155,7 +165,18 @@ pub(super) unsafe fn read_expr(e: *mut sys::nftnl_expr) -> SeenExpr {
                 base: u32_of(sys::NFTNL_EXPR_PAYLOAD_BASE),
                 offset: u32_of(sys::NFTNL_EXPR_PAYLOAD_OFFSET),
                 len: u32_of(sys::NFTNL_EXPR_PAYLOAD_LEN),
+                dreg: u32_of(sys::NFTNL_EXPR_PAYLOAD_DREG),
             },
+            // Only plain look-ups: an inverted one (NFT_LOOKUP_F_INV) is not ours.
+            "lookup" if u32_of(sys::NFTNL_EXPR_LOOKUP_SREG) == libc::NFT_REG_1 as u32
+                && u32_of(sys::NFTNL_EXPR_LOOKUP_FLAGS) == 0 =>
+            {
+                Expr::Lookup {
+                    set: owned_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16)).unwrap_or_default(),
+                    dreg: sys::nftnl_expr_is_set(e, sys::NFTNL_EXPR_LOOKUP_DREG as u16)
+                        .then(|| u32_of(sys::NFTNL_EXPR_LOOKUP_DREG)),
+                }
+            }
             "meta" => Expr::Meta { key: u32_of(sys::NFTNL_EXPR_META_KEY) },
             "ct" if sys::nftnl_expr_is_set(e, sys::NFTNL_EXPR_CT_SREG as u16) => {
                 Expr::CtSet { key: u32_of(sys::NFTNL_EXPR_CT_KEY) }

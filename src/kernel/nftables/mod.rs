@@ -1,9 +1,14 @@
 //! Installs, checks and removes our table (`ip nfvs`) through nf_tables netlink.
 //!
 //! [`apply`] turns a [`Ruleset`] into one atomic nftnl batch — add table, delete table, add
-//! table with its chains and rules — so a table left from a crash is replaced and nothing else
-//! is touched. It checks the acknowledgement of every message by sequence number, then reads
-//! the table back and compares it, expression by expression, with what it sent.
+//! table with its sets, chains, set elements and rules — so a table left from a crash is
+//! replaced and nothing else is touched. It checks the acknowledgement of every message by
+//! sequence number, then reads the table back and compares it, expression by expression and
+//! element by element, with what it sent. [`update`] changes an installed table into another
+//! with only the difference, when they differ only in which services there are (set
+//! elements, fallback chains): one atomic batch again, then a read-back of the sets and of the
+//! chains it changed; the rules stay the same whatever the number of services, so an edit
+//! costs the same with ten services or ten thousand.
 //! [`detect_queue_impl`] finds out whether this kernel has the native `queue` expression or
 //! only the xt `NFQUEUE` target (design.md fact 3), and [`remove`] deletes the table.
 //!
@@ -17,9 +22,10 @@
 //!
 //! All functions act on the network namespace of the calling thread.
 //!
-//! The parts: `spec` holds the table as data (pure: expressions, chains, the comparison
-//! with what is read back), `expr` turns expressions into libnftnl objects and back, `batch`
-//! sends a batch and checks its acknowledgements, `readback` dumps the table.
+//! The parts: `spec` holds the table as data (pure: expressions, chains, sets, the comparison
+//! with what is read back, the difference between two tables), `expr` turns expressions into
+//! libnftnl objects and back, `set` does the same for sets and their elements, `batch` sends a
+//! batch and checks its acknowledgements, `readback` dumps the table.
 
 use std::ffi::CString;
 use std::fmt;
@@ -31,12 +37,14 @@ use nftnl_sys::libc;
 
 use crate::ruleset::{QueueSpec, Ruleset, RulesetError};
 use batch::LabelledBatch;
-use readback::read_table;
-use spec::{compare, queue_expr, table_spec, ChainSpec, Expr, TABLE};
+use readback::{read_elements, read_rules_of, read_sets, read_table};
+use set::{SetDecl, SetElems};
+use spec::{compare, compare_rules, compare_sets, diff, queue_expr, table_spec, ChainSpec, Diff, Element, Expr, TableSpec, TABLE};
 
 mod batch;
 mod expr;
 mod readback;
+mod set;
 mod spec;
 
 /// How the divert rule hands packets to NFQUEUE on this kernel (design.md fact 3).
@@ -144,35 +152,177 @@ pub fn apply(rs: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
     b.add(&table, MsgType::Add, "add table ip nfvs");
     b.add(&table, MsgType::Del, "delete table ip nfvs");
     b.add(&table, MsgType::Add, "add table ip nfvs");
-    for c in &spec {
-        let mut chain = Chain::new(c.name, &table);
-        chain.set_type(c.kind.into());
-        chain.set_hook(c.hook, c.priority);
-        chain.set_policy(Policy::Accept);
-        let cname = c.name.to_string_lossy();
-        b.add(&chain, MsgType::Add, format!("add chain {cname}"));
-        for (i, exprs) in c.rules.iter().enumerate() {
-            let mut rule = Rule::new(&chain);
-            for e in exprs {
-                rule.add_expr(e);
-            }
-            b.add(&rule, MsgType::Add, format!("rule {} of chain {cname}", i + 1));
-        }
+    for (id, s) in (1..).zip(&spec.sets) {
+        b.add(&SetDecl::new(s, id), MsgType::Add, format!("add set {}", s.name));
+    }
+    // Chains before the elements that jump to them, rules after the sets they look up.
+    let chains: Vec<(Chain, &ChainSpec)> = spec.chains.iter().map(|c| (chain(&table, c), c)).collect();
+    for (chain, c) in &chains {
+        b.add(chain, MsgType::Add, format!("add chain {}", c.name));
+    }
+    for s in &spec.sets {
+        add_elements(&mut b, MsgType::Add, s.name, &s.elements.iter().collect::<Vec<_>>());
+    }
+    for (chain, c) in &chains {
+        add_rules(&mut b, chain, c);
     }
     b.send(Op::Install)?;
-    log::debug!("installed table ip nfvs ({} chains); reading it back", spec.len());
+    log::debug!(
+        "installed table ip nfvs ({} chains, {} set elements); reading it back",
+        spec.chains.len(),
+        spec.sets.iter().map(|s| s.elements.len()).sum::<usize>()
+    );
     check_installed(&spec)
 }
 
+/// Change table `ip nfvs` from `installed` (what [`apply`] or `update` last installed) into
+/// `want`, and check the parts that changed.
+///
+/// When the two differ only in their services (elements of set `services`, and with
+/// `--overload fallback` elements of map `fallback` and the chains they jump to), one atomic
+/// batch deletes and adds just those, and the sets and the changed chains are read back: its
+/// cost grows with the number of services changed, not with the number there are. When
+/// anything else differs (queue, masquerade, events, the fallback map appearing or going),
+/// this is [`apply`]. If the kernel refuses the change or does not hold what it should
+/// afterwards (the table is not what `installed` says: someone changed or deleted it), the
+/// whole table is replaced with [`apply`] after all.
+pub fn update(installed: &Ruleset, want: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
+    want.validate().map_err(|source| NftError::Invalid { op: Op::Install, source })?;
+    let old = table_spec(installed, q);
+    let new = table_spec(want, q);
+    let Some(d) = diff(&old, &new) else { return apply(want, q) };
+    if d.is_empty() {
+        return Ok(());
+    }
+    match send_diff(&d).and_then(|()| check_diff(&new, &d)) {
+        Ok(()) => Ok(()),
+        Err(e @ NftError::PermissionDenied { .. }) => Err(e),
+        Err(e) => {
+            log::warn!("{e}; replacing the whole table");
+            apply(want, q)
+        }
+    }
+}
+
+/// Sends the difference in one batch: new chains and their rules, changed chains' new rules,
+/// the deleted elements, the added ones, then the chains no element jumps to any more.
+fn send_diff(d: &Diff<'_>) -> Result<(), NftError> {
+    let table = Table::new(TABLE, ProtoFamily::Ipv4);
+    let mut b = LabelledBatch::new();
+    let added: Vec<(Chain, &ChainSpec)> = d.add_chains.iter().map(|c| (chain(&table, c), *c)).collect();
+    for (chain, c) in &added {
+        b.add(chain, MsgType::Add, format!("add chain {}", c.name));
+        add_rules(&mut b, chain, c);
+    }
+    let replaced: Vec<(Chain, &ChainSpec)> = d.replace_chains.iter().map(|c| (chain(&table, c), *c)).collect();
+    for (chain, c) in &replaced {
+        // A rule delete without a handle deletes every rule of the chain
+        // (nf_tables_delrule, `nft_delrule_by_chain`).
+        b.add(&Rule::new(chain), MsgType::Del, format!("flush chain {}", c.name));
+        add_rules(&mut b, chain, c);
+    }
+    for (name, del, _) in &d.sets {
+        add_elements(&mut b, MsgType::Del, name, del);
+    }
+    for (name, _, add) in &d.sets {
+        add_elements(&mut b, MsgType::Add, name, add);
+    }
+    let deleted: Vec<(Chain, &str)> = d
+        .del_chains
+        .iter()
+        .map(|name| (Chain::new(CString::new(*name).unwrap_or_default(), &table), *name))
+        .collect();
+    for (chain, name) in &deleted {
+        // Its rules go with it (nf_tables_delchain, without NLM_F_NONREC); the map elements
+        // that jumped to it were deleted above, in this same transaction.
+        b.add(chain, MsgType::Del, format!("delete chain {name}"));
+    }
+    b.send(Op::Install)
+}
+
+/// Set elements that [`check_diff`] looks up one by one at most; a larger change reads the
+/// sets back whole (a dump of ten thousand elements costs ten milliseconds or so).
+const LOOKUPS_MAX: usize = 256;
+
+/// Reads back what [`send_diff`] changed: the elements it deleted must be gone and the ones it
+/// added be there with their data (each looked up, or every set dumped when many changed),
+/// and each chain it added or replaced must hold its rules.
+fn check_diff(new: &TableSpec, d: &Diff<'_>) -> Result<(), NftError> {
+    let mismatch = |detail| NftError::Mismatch { op: Op::ReadBack, detail };
+    let changed: usize = d.sets.iter().map(|(_, del, add)| del.len() + add.len()).sum();
+    if changed > LOOKUPS_MAX {
+        compare_sets(&new.sets, &read_sets()?).map_err(mismatch)?;
+    } else {
+        for (name, del, add) in &d.sets {
+            let looked_up: Vec<&Element> = del.iter().chain(add).copied().collect();
+            if looked_up.is_empty() {
+                continue;
+            }
+            let found = read_elements(name, &looked_up)?;
+            let want = del.iter().map(|_| None).chain(add.iter().map(|e| Some(*e)));
+            for ((e, want), got) in looked_up.iter().zip(want).zip(&found) {
+                if want != got.as_ref() {
+                    return Err(mismatch(format!(
+                        "set {name}: element {} is {}, expected {}",
+                        spec::show(e),
+                        got.as_ref().map_or("absent".into(), |g| format!("there ({})", spec::show(g))),
+                        if want.is_some() { "there" } else { "absent" },
+                    )));
+                }
+            }
+        }
+    }
+    for c in d.add_chains.iter().chain(&d.replace_chains) {
+        compare_rules(c, &read_rules_of(&c.name)?).map_err(mismatch)?;
+    }
+    Ok(())
+}
+
+/// A chain of our table as libnftnl builds it: a base chain with its hook and policy accept,
+/// or a regular chain.
+fn chain<'a>(table: &'a Table, c: &ChainSpec) -> Chain<'a> {
+    // Chain names are ours: fixed words, or `fallback-ADDRESS-PORT`; no NUL inside.
+    let mut chain = Chain::new(CString::new(c.name.as_str()).unwrap_or_default(), table);
+    if let Some(base) = c.base {
+        chain.set_type(base.kind.into());
+        chain.set_hook(base.hook, base.priority);
+        chain.set_policy(Policy::Accept);
+    }
+    chain
+}
+
+fn add_rules(b: &mut LabelledBatch, chain: &Chain<'_>, c: &ChainSpec) {
+    for (i, exprs) in c.rules.iter().enumerate() {
+        let mut rule = Rule::new(chain);
+        for e in exprs {
+            rule.add_expr(e);
+        }
+        b.add(&rule, MsgType::Add, format!("rule {} of chain {}", i + 1, c.name));
+    }
+}
+
+fn add_elements(b: &mut LabelledBatch, t: MsgType, set: &str, elements: &[&Element]) {
+    let what = match t {
+        MsgType::Add => "add",
+        MsgType::Del => "delete",
+    };
+    let mut from = 1;
+    for msg in SetElems::messages(set, elements) {
+        let to = (from + set::ELEMENTS_PER_MESSAGE - 1).min(elements.len());
+        b.add(&msg, t, format!("{what} elements {from}-{to} of {} of set {set}", elements.len()));
+        from = to + 1;
+    }
+}
+
 /// Check that table `ip nfvs` holds exactly what [`apply`] installs for `rs` and `q`: the same
-/// chains in the same order, and the same rules expression by expression (counter values
-/// aside). `NftError::Mismatch` says where they differ.
+/// chains in the same order, the same rules expression by expression (counter values aside),
+/// and the same sets with the same elements. `NftError::Mismatch` says where they differ.
 pub fn verify(rs: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
     rs.validate().map_err(|source| NftError::Invalid { op: Op::ReadBack, source })?;
     check_installed(&table_spec(rs, q))
 }
 
-fn check_installed(spec: &[ChainSpec]) -> Result<(), NftError> {
+fn check_installed(spec: &TableSpec) -> Result<(), NftError> {
     let seen = read_table()?;
     compare(spec, &seen).map_err(|detail| NftError::Mismatch { op: Op::ReadBack, detail })
 }

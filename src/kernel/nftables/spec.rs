@@ -1,22 +1,27 @@
-//! Our table as data: the chains and rules [`super::apply`] installs for a [`Ruleset`], each
-//! expression a plain value ([`Expr`]) in the byte layout nft 1.0.6 emits for the same rule
-//! (`nft --debug=netlink`), and the comparison with what the kernel reports back. Pure: no
-//! libnftnl call, no socket (those are in the sibling files).
+//! Our table as data: the sets, chains and rules [`super::apply`] installs for a [`Ruleset`],
+//! each expression a plain value ([`Expr`]) in the byte layout nft 1.0.6 emits for the same
+//! rule (`nft --debug=netlink`), the comparison with what the kernel reports back, and the
+//! difference between two tables that [`super::update`] sends. Pure: no libnftnl call, no
+//! socket (those are in the sibling files).
 
+use std::collections::BTreeMap;
 use std::ffi::CStr;
+use std::net::Ipv4Addr;
 
 use nftnl::Hook;
 use nftnl_sys::libc;
 
 use super::QueueImpl;
-use crate::ruleset::{Cidr, Divert, QueueSpec, Ruleset};
 use crate::model::Protocol;
+use crate::ruleset::{self, Cidr, FallbackRule, QueueSpec, Ruleset};
 
 pub(super) const TABLE: &CStr = c"nfvs";
-const DIVERT: &CStr = c"divert";
-const EVENTS: &CStr = c"events";
-const NAT_PRE: &CStr = c"nat_pre";
-const NAT_POST: &CStr = c"nat_post";
+const DIVERT: &str = ruleset::CHAIN_DIVERT;
+const EVENTS: &str = ruleset::CHAIN_EVENTS;
+const NAT_PRE: &str = ruleset::CHAIN_NAT_PRE;
+const NAT_POST: &str = ruleset::CHAIN_NAT_POST;
+const SERVICES: &str = ruleset::SET_SERVICES;
+const FALLBACK: &str = ruleset::MAP_FALLBACK;
 
 /// Hook priorities, include/uapi/linux/netfilter_ipv4.h (`NF_IP_PRI_RAW`, `_NAT_DST`,
 /// `_NAT_SRC`); nft names them raw, dstnat and srcnat.
@@ -33,6 +38,9 @@ const NFT_CT_STATE: u32 = 0;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NFT_CMP_LT: u32 = 2;
+/// The second 32-bit register: `ip daddr . tcp dport` puts the address in reg 1 (= NFT_REG32_00)
+/// and the port right after it, in NFT_REG32_01, as nft does; the look-up reads both.
+const NFT_REG32_01: u32 = libc::NFT_REG32_01 as u32;
 /// enum nft_ng_types.
 pub(super) const NFT_NG_INCREMENTAL: u32 = 0;
 /// NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED (include/uapi/linux/netfilter/nf_nat.h).
@@ -57,14 +65,23 @@ const CT_STATE_NEW: u32 = 1 << 3;
 const NFQUEUE_REV: u32 = 3;
 const NFQUEUE_INFO_LEN: usize = 8;
 
-/// One nftables expression as data. Registers are always `reg 1`, as nft uses them here.
+/// One nftables expression as data. Registers are `reg 1`, as nft uses them here, except
+/// where a field says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Expr {
-    /// `payload load LEN b @ BASE header + OFFSET => reg 1`.
+    /// `payload load LEN b @ BASE header + OFFSET => reg DREG`.
     Payload {
         base: u32,
         offset: u32,
         len: u32,
+        dreg: u32,
+    },
+    /// `lookup reg 1 set SET [dreg DREG]`: whether the key in the registers from reg 1 on is an
+    /// element of the named set (net/netfilter/nft_lookup.c); with `dreg` (a map) the element's
+    /// data goes there: reg 0, the verdict, for a verdict map.
+    Lookup {
+        set: String,
+        dreg: Option<u32>,
     },
     /// `meta load KEY => reg 1`.
     Meta {
@@ -127,6 +144,7 @@ impl Expr {
     pub(super) fn name(&self) -> &'static CStr {
         match self {
             Expr::Payload { .. } => c"payload",
+            Expr::Lookup { .. } => c"lookup",
             Expr::Meta { .. } => c"meta",
             Expr::Ct { .. } | Expr::CtSet { .. } => c"ct",
             Expr::Bitwise { .. } => c"bitwise",
@@ -142,11 +160,11 @@ impl Expr {
     }
 
     fn network(offset: u32, len: u32) -> Expr {
-        Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len }
+        Expr::Payload { base: NFT_PAYLOAD_NETWORK_HEADER, offset, len, dreg: libc::NFT_REG_1 as u32 }
     }
 
     fn transport(offset: u32, len: u32) -> Expr {
-        Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset, len }
+        Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset, len, dreg: libc::NFT_REG_1 as u32 }
     }
 
     fn eq(data: &[u8]) -> Expr {
@@ -173,54 +191,174 @@ impl ChainKind {
     }
 }
 
-/// One base chain of our table, policy accept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ChainSpec {
-    pub(super) name: &'static CStr,
+/// Where a base chain hooks in; its policy is always accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Base {
     pub(super) kind: ChainKind,
     pub(super) hook: Hook,
     pub(super) priority: i32,
+}
+
+/// One chain of our table: a base chain, or a regular chain (`base: None`) that only a jump
+/// reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ChainSpec {
+    pub(super) name: String,
+    pub(super) base: Option<Base>,
     pub(super) rules: Vec<Vec<Expr>>,
 }
 
-/// The chains and rules [`super::apply`] installs for `rs`; see [`crate::ruleset`] for why each one.
-pub(super) fn table_spec(rs: &Ruleset, q: QueueImpl) -> Vec<ChainSpec> {
+/// The key type of our sets, `ipv4_addr . inet_service`, as nft encodes a concatenation
+/// (nftables src/datatype.c `concat_type_alloc`: each part's type id shifted in by
+/// CONCAT_TYPE_BITS = 6; TYPE_IPADDR = 7, TYPE_INET_SERVICE = 13). Only nft's listing uses it;
+/// the kernel stores it as given.
+pub(super) const KEY_TYPE: u32 = (7 << 6) | 13;
+/// Key length: the address, then the port in network order padded to a 32-bit register
+/// (nft_payload_eval zeroes the rest of a register it loads less than 4 bytes into).
+pub(super) const KEY_LEN: u32 = 8;
+
+/// A set element's key for a service: `VIP . PORT`.
+pub(super) fn service_key(vip: Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut k = vip.octets().to_vec();
+    k.extend_from_slice(&port.to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
+    k
+}
+
+/// Elements in nft's listing order (see [`ruleset::listing_order`]: the key read as a
+/// little-endian number), which is the order [`table_spec`] keeps them in, so two tables'
+/// elements are compared and diffed by merging instead of hashing ten thousand keys.
+fn element_order(a: &Element, b: &Element) -> std::cmp::Ordering {
+    a.key.iter().rev().cmp(b.key.iter().rev()).then_with(|| a.verdict.cmp(&b.verdict))
+}
+
+fn sorted(mut v: Vec<Element>) -> Vec<Element> {
+    v.sort_by(element_order);
+    v.dedup();
+    v
+}
+
+/// The elements of `old` that `new` lacks, and those of `new` that `old` lacks; both in
+/// [`element_order`], without duplicates.
+fn merge_diff<'a>(old: &'a [Element], new: &'a [Element]) -> (Vec<&'a Element>, Vec<&'a Element>) {
+    use std::cmp::Ordering;
+    let (mut del, mut add) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let ord = match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) => element_order(a, b),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match ord {
+            Ordering::Less => {
+                del.push(&old[i]);
+                i += 1;
+            }
+            Ordering::Greater => {
+                add.push(&new[j]);
+                j += 1;
+            }
+            Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    (del, add)
+}
+
+/// A verdict-map element's data: `jump CHAIN` (code NFT_JUMP and the chain's name).
+pub(super) type Jump = (u32, Option<String>);
+
+fn jump(chain: String) -> Jump {
+    (libc::NFT_JUMP as u32, Some(chain))
+}
+
+/// One element of a set or map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct Element {
+    pub(super) key: Vec<u8>,
+    /// A verdict map's data; `None` in a set.
+    pub(super) verdict: Option<Jump>,
+}
+
+/// A named set of our table keyed `ipv4_addr . inet_service`, or a verdict map (`map`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SetSpec {
+    pub(super) name: &'static str,
+    pub(super) map: bool,
+    pub(super) elements: Vec<Element>,
+}
+
+impl SetSpec {
+    /// NFTA_SET_FLAGS: NFT_SET_MAP for a map; a set has none (not constant, so elements come
+    /// and go; no intervals, so the kernel picks its resizable hash, nft_set_hash.c `rhash`).
+    pub(super) fn flags(&self) -> u32 {
+        if self.map {
+            libc::NFT_SET_MAP as u32
+        } else {
+            0
+        }
+    }
+
+    /// NFTA_SET_DATA_TYPE: NFT_DATA_VERDICT for a verdict map.
+    pub(super) fn data_type(&self) -> Option<u32> {
+        self.map.then_some(libc::NFT_DATA_VERDICT)
+    }
+}
+
+/// Everything our table holds: its sets (created first: rules refer to them) and its chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct TableSpec {
+    pub(super) sets: Vec<SetSpec>,
+    pub(super) chains: Vec<ChainSpec>,
+}
+
+/// What [`super::apply`] installs for `rs`; see [`crate::ruleset`] for why each part.
+pub(super) fn table_spec(rs: &Ruleset, q: QueueImpl) -> TableSpec {
+    let fallback = rs.fallback_chains();
+    let mut sets = vec![SetSpec {
+        name: SERVICES,
+        map: false,
+        // In order already, once each.
+        elements: rs.tcp_services().into_iter().map(|(vip, port)| Element { key: service_key(vip, port), verdict: None }).collect(),
+    }];
+    if !fallback.is_empty() {
+        sets.push(SetSpec {
+            name: FALLBACK,
+            map: true,
+            elements: sorted(
+                fallback.iter().map(|f| Element { key: service_key(f.vip, f.port), verdict: Some(jump(f.chain())) }).collect(),
+            ),
+        });
+    }
+    let base = |kind, hook, priority| Some(Base { kind, hook, priority });
     let mut chains = vec![ChainSpec {
-        name: DIVERT,
-        kind: ChainKind::Filter,
-        hook: Hook::PreRouting,
-        priority: PRIO_RAW,
-        rules: rs.diverts.iter().map(|d| divert_rule(d, &rs.queue, q)).collect(),
+        name: DIVERT.into(),
+        base: base(ChainKind::Filter, Hook::PreRouting, PRIO_RAW),
+        rules: vec![divert_rule(&rs.queue, q)],
     }];
     if let Some(mark) = rs.events_mark {
         chains.push(ChainSpec {
-            name: EVENTS,
-            kind: ChainKind::Filter,
-            hook: Hook::PreRouting,
-            priority: PRIO_MANGLE,
+            name: EVENTS.into(),
+            base: base(ChainKind::Filter, Hook::PreRouting, PRIO_MANGLE),
             rules: event_mask_rules(mark),
         });
     }
-    chains.extend([
-        ChainSpec {
-            name: NAT_PRE,
-            kind: ChainKind::Nat,
-            hook: Hook::PreRouting,
-            priority: PRIO_DSTNAT,
-            rules: std::iter::once(ct_new_rule())
-                .chain(rs.fallback.iter().flat_map(fallback_rules))
-                .chain(rs.diverts.iter().map(guard_rule))
-                .collect(),
-        },
-        ChainSpec {
-            name: NAT_POST,
-            kind: ChainKind::Nat,
-            hook: Hook::PostRouting,
-            priority: PRIO_SRCNAT,
-            rules: rs.masquerade.iter().map(masquerade_rule).collect(),
-        },
-    ]);
-    chains
+    let mut nat_pre = vec![ct_new_rule()];
+    if !fallback.is_empty() {
+        nat_pre.push(fallback_vmap_rule());
+    }
+    nat_pre.push(guard_rule());
+    chains.push(ChainSpec { name: NAT_PRE.into(), base: base(ChainKind::Nat, Hook::PreRouting, PRIO_DSTNAT), rules: nat_pre });
+    chains.push(ChainSpec {
+        name: NAT_POST.into(),
+        base: base(ChainKind::Nat, Hook::PostRouting, PRIO_SRCNAT),
+        rules: rs.masquerade.iter().map(masquerade_rule).collect(),
+    });
+    chains.extend(fallback.iter().map(|f| ChainSpec { name: f.chain(), base: None, rules: fallback_rules(f) }));
+    TableSpec { sets, chains }
 }
 
 /// The `events` chain (see [`crate::ruleset`]), as nft 1.0.6 emits
@@ -305,39 +443,60 @@ const FIN_SEEN_LABEL_BYTES: [u8; 16] = {
     b
 };
 
-/// `ip daddr VIP tcp dport PORT tcp flags syn / fin,syn,rst,ack counter queue ...`, in the
+/// `tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services counter queue ...`, in the
 /// order nft 1.0.6 emits it (captured with `nft --debug=netlink add rule ...`).
-fn divert_rule(d: &Divert, queue: &QueueSpec, q: QueueImpl) -> Vec<Expr> {
-    let mut r = divert_rule_match(d);
+fn divert_rule(queue: &QueueSpec, q: QueueImpl) -> Vec<Expr> {
+    let mut r = syn_to_service();
     r.push(Expr::Counter);
     r.push(queue_expr(queue, q));
     r
 }
 
-/// `ip daddr VIP tcp dport PORT tcp flags syn / fin,syn,rst,ack`.
-fn divert_rule_match(d: &Divert) -> Vec<Expr> {
-    // Only TCP reaches here (Ruleset::validate); the SYN match below is what limits the rule
-    // to new connections.
-    debug_assert_eq!(d.proto, Protocol::Tcp);
-    vec![
-        Expr::network(16, 4),
-        Expr::eq(&d.vip.octets()),
+/// `tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services`: the flags first, so a
+/// packet that is no connection's first (every data packet) costs no look-up. Only TCP
+/// services are in the set (Ruleset::validate refuses others); the SYN match is what limits
+/// the rule to new connections.
+fn syn_to_service() -> Vec<Expr> {
+    let mut r = vec![
         Expr::Meta { key: NFT_META_L4PROTO },
-        Expr::eq(&[d.proto.number()]),
-        Expr::transport(2, 2),
-        Expr::eq(&d.port.to_be_bytes()),
+        Expr::eq(&[Protocol::Tcp.number()]),
         Expr::transport(13, 1),
         Expr::and(&[TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK]),
         Expr::eq(&[TCP_SYN]),
+    ];
+    r.extend(daddr_dport());
+    r.push(Expr::Lookup { set: SERVICES.into(), dreg: None });
+    r
+}
+
+/// `ip daddr . tcp dport` into reg 1 and the 32-bit register after it (the set's key).
+fn daddr_dport() -> [Expr; 2] {
+    [
+        Expr::network(16, 4),
+        Expr::Payload { base: NFT_PAYLOAD_TRANSPORT_HEADER, offset: 2, len: 2, dreg: NFT_REG32_01 },
     ]
 }
 
-/// `ip daddr VIP tcp dport PORT tcp flags syn / fin,syn,rst,ack counter drop` in `nat_pre`
+/// `tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services counter drop` in `nat_pre`
 /// (see [`crate::ruleset`]): a SYN that reaches it got no entry from the daemon.
-fn guard_rule(d: &Divert) -> Vec<Expr> {
-    let mut r = divert_rule_match(d);
+fn guard_rule() -> Vec<Expr> {
+    let mut r = syn_to_service();
     r.push(Expr::Counter);
     r.push(Expr::Verdict { code: libc::NF_DROP as u32 });
+    r
+}
+
+/// `ip daddr . tcp dport vmap @fallback` in `nat_pre`, as nft 1.0.6 emits it:
+/// ```text
+/// [ meta load l4proto => reg 1 ]  [ cmp eq reg 1 0x00000006 ]
+/// [ payload load 4b @ network header + 16 => reg 1 ]
+/// [ payload load 2b @ transport header + 2 => reg 9 ]
+/// [ lookup reg 1 set fallback dreg 0 0x0 ]
+/// ```
+fn fallback_vmap_rule() -> Vec<Expr> {
+    let mut r = vec![Expr::Meta { key: NFT_META_L4PROTO }, Expr::eq(&[Protocol::Tcp.number()])];
+    r.extend(daddr_dport());
+    r.push(Expr::Lookup { set: FALLBACK.into(), dreg: Some(libc::NFT_REG_VERDICT as u32) });
     r
 }
 
@@ -362,20 +521,15 @@ pub(super) fn queue_expr(queue: &QueueSpec, q: QueueImpl) -> Expr {
     }
 }
 
-/// The kernel-only balancing of one service (see [`crate::ruleset::FallbackRule`]):
-/// `ip daddr VIP tcp dport PORT [numgen inc mod M < W] counter dnat to RIP:RPORT` per server.
-fn fallback_rules(f: &crate::ruleset::FallbackRule) -> Vec<Vec<Expr>> {
+/// The kernel-only balancing of one service (see [`crate::ruleset::FallbackRule`]), the rules
+/// of its chain: `meta l4proto tcp [numgen inc mod M < W] counter dnat to RIP:RPORT` per server.
+/// The map sends only the service's packets here; `meta l4proto tcp` is for nft, which refuses
+/// a port in `dnat to` without a transport protocol match in the rule.
+fn fallback_rules(f: &FallbackRule) -> Vec<Vec<Expr>> {
     f.steps()
         .into_iter()
         .map(|step| {
-            let mut r = vec![
-                Expr::network(16, 4),
-                Expr::eq(&f.vip.octets()),
-                Expr::Meta { key: NFT_META_L4PROTO },
-                Expr::eq(&[Protocol::Tcp.number()]),
-                Expr::transport(2, 2),
-                Expr::eq(&f.port.to_be_bytes()),
-            ];
+            let mut r = vec![Expr::Meta { key: NFT_META_L4PROTO }, Expr::eq(&[Protocol::Tcp.number()])];
             if let Some((modulus, below)) = step.numgen {
                 // numgen writes a host-order u32, compared as such.
                 r.push(Expr::Numgen { modulus });
@@ -432,21 +586,51 @@ pub(super) struct SeenChain {
     pub(super) rules: Vec<Vec<SeenExpr>>,
 }
 
-/// Compare the chains we installed with the ones read back; the error says where they part.
-pub(super) fn compare(spec: &[ChainSpec], seen: &[SeenChain]) -> Result<(), String> {
-    let names = |v: Vec<String>| v.join(", ");
-    let want: Vec<String> = spec.iter().map(|c| c.name.to_string_lossy().into_owned()).collect();
-    let got: Vec<String> = seen.iter().map(|c| c.name.clone()).collect();
+/// A set of our table as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SeenSet {
+    pub(super) name: String,
+    pub(super) flags: u32,
+    pub(super) key_type: u32,
+    pub(super) key_len: u32,
+    pub(super) data_type: Option<u32>,
+    pub(super) elements: Vec<Element>,
+}
+
+/// Our table as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct SeenTable {
+    pub(super) sets: Vec<SeenSet>,
+    pub(super) chains: Vec<SeenChain>,
+}
+
+/// Compare the table we installed with the one read back; the error says where they part.
+pub(super) fn compare(spec: &TableSpec, seen: &SeenTable) -> Result<(), String> {
+    compare_chains(&spec.chains, &seen.chains)?;
+    compare_sets(&spec.sets, &seen.sets)
+}
+
+/// Base chains in the order they were created, then regular chains by name: the order of
+/// regular chains follows the edits that made them, and means nothing.
+fn chain_order<T>(chains: &[T], name: impl Fn(&T) -> &str, is_base: impl Fn(&T) -> bool) -> Vec<&T> {
+    let mut regular: Vec<&T> = chains.iter().filter(|c| !is_base(c)).collect();
+    regular.sort_by(|a, b| name(a).cmp(name(b)));
+    chains.iter().filter(|c| is_base(c)).chain(regular).collect()
+}
+
+fn compare_chains(spec: &[ChainSpec], seen: &[SeenChain]) -> Result<(), String> {
+    let spec = chain_order(spec, |c| &c.name, |c| c.base.is_some());
+    let seen = chain_order(seen, |c| &c.name, |c| c.hook.is_some());
+    let want: Vec<&str> = spec.iter().map(|c| c.name.as_str()).collect();
+    let got: Vec<&str> = seen.iter().map(|c| c.name.as_str()).collect();
     if want != got {
-        return Err(format!("chains are [{}], expected [{}]", names(got), names(want)));
+        return Err(format!("chains are [{}], expected [{}]", shortened(&got), shortened(&want)));
     }
     for (s, k) in spec.iter().zip(seen) {
-        let want_base = (
-            Some(s.kind.as_str().to_string()),
-            Some(s.hook as u32),
-            Some(s.priority),
-            Some(libc::NF_ACCEPT as u32),
-        );
+        let want_base = match s.base {
+            Some(b) => (Some(b.kind.as_str().to_string()), Some(b.hook as u32), Some(b.priority), Some(libc::NF_ACCEPT as u32)),
+            None => (None, None, None, None),
+        };
         let got_base = (k.kind.clone(), k.hook, k.priority, k.policy);
         if want_base != got_base {
             return Err(format!(
@@ -454,86 +638,236 @@ pub(super) fn compare(spec: &[ChainSpec], seen: &[SeenChain]) -> Result<(), Stri
                 k.name
             ));
         }
-        if s.rules.len() != k.rules.len() {
-            return Err(format!("chain {} has {} rules, expected {}", k.name, k.rules.len(), s.rules.len()));
-        }
-        for (i, (want, got)) in s.rules.iter().zip(&k.rules).enumerate() {
-            let want: Vec<SeenExpr> = want.iter().cloned().map(Ok).collect();
-            if &want != got {
-                return Err(format!("chain {} rule {}: {got:?}, expected {want:?}", k.name, i + 1));
-            }
+        compare_rules(s, &k.rules)?;
+    }
+    Ok(())
+}
+
+/// Compare the rules of chain `spec` with the ones read back.
+pub(super) fn compare_rules(spec: &ChainSpec, seen: &[Vec<SeenExpr>]) -> Result<(), String> {
+    if spec.rules.len() != seen.len() {
+        return Err(format!("chain {} has {} rules, expected {}", spec.name, seen.len(), spec.rules.len()));
+    }
+    for (i, (want, got)) in spec.rules.iter().zip(seen).enumerate() {
+        let want: Vec<SeenExpr> = want.iter().cloned().map(Ok).collect();
+        if &want != got {
+            return Err(format!("chain {} rule {}: {got:?}, expected {want:?}", spec.name, i + 1));
         }
     }
     Ok(())
 }
 
+/// Compare our sets, their declarations and their elements (in any order), with the ones read
+/// back.
+pub(super) fn compare_sets(spec: &[SetSpec], seen: &[SeenSet]) -> Result<(), String> {
+    let mut want: Vec<&str> = spec.iter().map(|s| s.name).collect();
+    let mut got: Vec<&str> = seen.iter().map(|s| s.name.as_str()).collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    if want != got {
+        return Err(format!("sets are [{}], expected [{}]", got.join(", "), want.join(", ")));
+    }
+    for s in spec {
+        let Some(k) = seen.iter().find(|k| k.name == s.name) else { continue };
+        let want_decl = (s.flags(), KEY_TYPE, KEY_LEN, s.data_type());
+        let got_decl = (k.flags, k.key_type, k.key_len, k.data_type);
+        if want_decl != got_decl {
+            return Err(format!(
+                "set {}: (flags, key type, key length, data type) is {got_decl:?}, expected {want_decl:?}",
+                s.name
+            ));
+        }
+        // The kernel dumps them in hash order.
+        let mut got: Vec<&Element> = k.elements.iter().collect();
+        got.sort_by(|a, b| element_order(a, b));
+        if !s.elements.iter().eq(got.iter().copied()) {
+            let mut unique = got.clone();
+            unique.dedup();
+            let unique: Vec<Element> = unique.into_iter().cloned().collect();
+            let (extra, missing) = merge_diff(&unique, &s.elements);
+            let missing: Vec<String> = missing.into_iter().map(show).collect();
+            let mut extra: Vec<String> = extra.into_iter().map(show).collect();
+            if extra.is_empty() && unique.len() < got.len() {
+                extra.push("duplicates".into());
+            }
+            return Err(format!(
+                "set {} holds {} elements, expected {}: missing [{}], unexpected [{}]",
+                s.name,
+                k.elements.len(),
+                s.elements.len(),
+                shortened(&missing),
+                shortened(&extra)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first few of a long list, and how many more.
+fn shortened<T: AsRef<str>>(v: &[T]) -> String {
+    const SHOWN: usize = 8;
+    let head: Vec<&str> = v.iter().take(SHOWN).map(AsRef::as_ref).collect();
+    match v.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!("{}, and {more} more", head.join(", ")),
+        _ => head.join(", "),
+    }
+}
+
+/// An element as nft writes it: `192.168.199.200 . 80 : jump CHAIN`.
+pub(super) fn show(e: &Element) -> String {
+    let key = match e.key[..] {
+        [a, b, c, d, p0, p1, 0, 0] => format!("{} . {}", Ipv4Addr::new(a, b, c, d), u16::from_be_bytes([p0, p1])),
+        _ => format!("{:02x?}", e.key),
+    };
+    match &e.verdict {
+        None => key,
+        Some((code, Some(chain))) if *code == libc::NFT_JUMP as u32 => format!("{key} : jump {chain}"),
+        Some((code, chain)) => format!("{key} : verdict {} {}", *code as i32, chain.as_deref().unwrap_or("")),
+    }
+}
+
+/// What [`super::update`] sends to turn table `old` into `new` when they differ only in set
+/// elements and regular chains. Anything else (a base chain's rules, the queue, a set that
+/// comes or goes) makes [`diff`] answer `None`: then the whole table is replaced.
+#[derive(Debug, Default)]
+pub(super) struct Diff<'a> {
+    /// Per set of `new`, in order: its name, the elements to delete, the elements to add.
+    pub(super) sets: Vec<(&'static str, Vec<&'a Element>, Vec<&'a Element>)>,
+    /// Regular chains to create, with their rules.
+    pub(super) add_chains: Vec<&'a ChainSpec>,
+    /// Regular chains whose rules change: flushed, then given the new ones.
+    pub(super) replace_chains: Vec<&'a ChainSpec>,
+    /// Regular chains to delete (after the map elements that jump to them).
+    pub(super) del_chains: Vec<&'a str>,
+}
+
+impl Diff<'_> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.sets.iter().all(|(_, del, add)| del.is_empty() && add.is_empty())
+            && self.add_chains.is_empty()
+            && self.replace_chains.is_empty()
+            && self.del_chains.is_empty()
+    }
+}
+
+pub(super) fn diff<'a>(old: &'a TableSpec, new: &'a TableSpec) -> Option<Diff<'a>> {
+    let declared = |t: &TableSpec| t.sets.iter().map(|s| (s.name, s.map)).collect::<Vec<_>>();
+    let bases = |t: &'a TableSpec| t.chains.iter().filter(|c| c.base.is_some()).collect::<Vec<_>>();
+    if declared(old) != declared(new) || bases(old) != bases(new) {
+        return None;
+    }
+    let mut d = Diff::default();
+    for (o, n) in old.sets.iter().zip(&new.sets) {
+        let (del, add) = merge_diff(&o.elements, &n.elements);
+        d.sets.push((n.name, del, add));
+    }
+    let regular = |t: &'a TableSpec| -> BTreeMap<&'a str, &'a ChainSpec> {
+        t.chains.iter().filter(|c| c.base.is_none()).map(|c| (c.name.as_str(), c)).collect()
+    };
+    let (old_c, new_c) = (regular(old), regular(new));
+    for c in new.chains.iter().filter(|c| c.base.is_none()) {
+        match old_c.get(c.name.as_str()) {
+            None => d.add_chains.push(c),
+            Some(o) if o.rules != c.rules => d.replace_chains.push(c),
+            Some(_) => {}
+        }
+    }
+    d.del_chains = old_c.keys().filter(|name| !new_c.contains_key(*name)).copied().collect();
+    Some(d)
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ruleset::{self, Cidr};
-    use std::net::Ipv4Addr;
+    use crate::ruleset::{Cidr, Divert};
+
+    fn tcp(vip: [u8; 4], port: u16) -> Divert {
+        Divert::new(Protocol::Tcp, Ipv4Addr::from(vip), port).unwrap()
+    }
 
     fn lab(queue: QueueSpec) -> Ruleset {
         Ruleset {
             events_mark: None,
             queue,
-            diverts: vec![Divert::new(Protocol::Tcp, Ipv4Addr::new(192, 168, 199, 200), 80).unwrap()],
+            diverts: vec![tcp([192, 168, 199, 200], 80)],
             masquerade: vec!["192.168.226.0/24".parse().unwrap()],
             fallback: vec![],
         }
     }
 
+    fn chain<'a>(spec: &'a TableSpec, name: &str) -> &'a ChainSpec {
+        spec.chains.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no chain {name}"))
+    }
+
+    fn base(spec: &TableSpec, name: &str) -> (ChainKind, Hook, i32) {
+        let b = chain(spec, name).base.expect("a base chain");
+        (b.kind, b.hook, b.priority)
+    }
+
     #[test]
     fn names_match_the_ruleset_module() {
         assert_eq!(TABLE.to_str().unwrap(), ruleset::TABLE);
-        assert_eq!(DIVERT.to_str().unwrap(), ruleset::CHAIN_DIVERT);
-        assert_eq!(NAT_PRE.to_str().unwrap(), ruleset::CHAIN_NAT_PRE);
-        assert_eq!(NAT_POST.to_str().unwrap(), ruleset::CHAIN_NAT_POST);
+        let spec = table_spec(&Ruleset { events_mark: Some(1), ..lab(QueueSpec::single(0)) }, QueueImpl::Native);
+        let names: Vec<&str> = spec.chains.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["divert", "events", "nat_pre", "nat_post"]);
+        assert_eq!(spec.sets.iter().map(|s| s.name).collect::<Vec<_>>(), ["services"]);
     }
 
     /// The divert rule, expression by expression, against what nft 1.0.6 emits for
-    /// `ip daddr 192.168.199.200 tcp dport 80 tcp flags syn / fin,syn,rst,ack counter` and
-    /// iptables-nft 1.8.9 for `-j NFQUEUE --queue-num 0`, as `nft --debug=netlink list table`
+    /// `tcp flags syn / fin,syn,rst,ack ip daddr . tcp dport @services counter` and
+    /// iptables-nft 1.8.9 for `-j NFQUEUE --queue-num 0`, as `nft --debug=netlink add rule`
     /// shows them (registers print as little-endian words on this x86-64 host):
     ///
     /// ```text
-    /// [ payload load 4b @ network header + 16 => reg 1 ]
-    /// [ cmp eq reg 1 0xc8c7a8c0 ]
     /// [ meta load l4proto => reg 1 ]
     /// [ cmp eq reg 1 0x00000006 ]
-    /// [ payload load 2b @ transport header + 2 => reg 1 ]
-    /// [ cmp eq reg 1 0x00005000 ]
     /// [ payload load 1b @ transport header + 13 => reg 1 ]
     /// [ bitwise reg 1 = ( reg 1 & 0x00000017 ) ^ 0x00000000 ]
     /// [ cmp eq reg 1 0x00000002 ]
+    /// [ payload load 4b @ network header + 16 => reg 1 ]
+    /// [ payload load 2b @ transport header + 2 => reg 9 ]
+    /// [ lookup reg 1 set services ]
     /// [ counter pkts 0 bytes 0 ]
     /// [ target name NFQUEUE rev 3 ]
     /// ```
+    /// and `nft --debug=netlink add element ip t services { 192.168.199.200 . 80 }`:
+    /// `element c8c7a8c0 00005000  : 0 [end]` (the address, the port, two bytes of padding).
     #[test]
     fn divert_rule_matches_nft() {
         let spec = table_spec(&lab(QueueSpec::single(0)), QueueImpl::Compat);
-        assert_eq!(spec[0].name, DIVERT);
-        assert_eq!(
-            (spec[0].kind, spec[0].hook, spec[0].priority),
-            (ChainKind::Filter, Hook::PreRouting, -300)
-        );
-        let rule = &spec[0].rules[0];
+        assert_eq!(spec.chains[0].name, "divert");
+        assert_eq!(base(&spec, "divert"), (ChainKind::Filter, Hook::PreRouting, -300));
         let expected = vec![
-            Expr::Payload { base: 1, offset: 16, len: 4 },
-            Expr::Cmp { op: 0, data: vec![0xc0, 0xa8, 0xc7, 0xc8] },
             Expr::Meta { key: 16 },
             Expr::Cmp { op: 0, data: vec![6] },
-            Expr::Payload { base: 2, offset: 2, len: 2 },
-            Expr::Cmp { op: 0, data: vec![0x00, 0x50] },
-            Expr::Payload { base: 2, offset: 13, len: 1 },
+            Expr::Payload { base: 2, offset: 13, len: 1, dreg: 1 },
             Expr::Bitwise { mask: vec![0x17], xor: vec![0] },
             Expr::Cmp { op: 0, data: vec![0x02] },
+            Expr::Payload { base: 1, offset: 16, len: 4, dreg: 1 },
+            Expr::Payload { base: 2, offset: 2, len: 2, dreg: 9 },
+            Expr::Lookup { set: "services".into(), dreg: None },
             Expr::Counter,
             Expr::Target { name: "NFQUEUE".into(), rev: 3, info: vec![0, 0, 1, 0, 0, 0, 0, 0] },
         ];
-        assert_eq!(rule, &expected);
-        assert_eq!(&expected[1], &Expr::eq(&Ipv4Addr::new(192, 168, 199, 200).octets()));
+        assert_eq!(spec.chains[0].rules, vec![expected]);
+        assert_eq!(
+            spec.sets,
+            vec![SetSpec {
+                name: "services",
+                map: false,
+                elements: vec![Element { key: vec![0xc0, 0xa8, 0xc7, 0xc8, 0x00, 0x50, 0, 0], verdict: None }],
+            }]
+        );
+    }
+
+    /// Whatever the number of services, the same rules: only the set grows.
+    #[test]
+    fn rules_do_not_grow_with_services() {
+        let mut many = lab(QueueSpec::single(0));
+        many.diverts = (1..=1000).map(|p| tcp([10, 0, 0, 1], p)).collect();
+        let (one, many) = (table_spec(&lab(QueueSpec::single(0)), QueueImpl::Native), table_spec(&many, QueueImpl::Native));
+        assert_eq!(one.chains, many.chains);
+        assert_eq!(many.sets[0].elements.len(), 1000);
     }
 
     /// xt_NFQ_info_v3 in host order (x86-64: little endian) plus two bytes of padding.
@@ -565,9 +899,10 @@ mod tests {
     #[test]
     fn nat_pre_references_conntrack() {
         let spec = table_spec(&lab(QueueSpec::single(0)), QueueImpl::Native);
-        assert_eq!((spec[1].kind, spec[1].hook, spec[1].priority), (ChainKind::Nat, Hook::PreRouting, -100));
+        assert_eq!(base(&spec, "nat_pre"), (ChainKind::Nat, Hook::PreRouting, -100));
+        let nat_pre = chain(&spec, "nat_pre");
         assert_eq!(
-            spec[1].rules[0],
+            nat_pre.rules[0],
             vec![
                 Expr::Ct { key: 0 },
                 Expr::Bitwise { mask: 8u32.to_ne_bytes().to_vec(), xor: vec![0; 4] },
@@ -576,10 +911,60 @@ mod tests {
             ]
         );
         // Then the guard: the divert's match, `counter`, `[ immediate reg 0 drop ]`.
-        assert_eq!(spec[1].rules.len(), 2);
-        let guard = &spec[1].rules[1];
-        assert_eq!(guard[..guard.len() - 2], spec[0].rules[0][..guard.len() - 2]);
+        assert_eq!(nat_pre.rules.len(), 2);
+        let guard = &nat_pre.rules[1];
+        assert_eq!(guard[..guard.len() - 2], spec.chains[0].rules[0][..guard.len() - 2]);
         assert_eq!(guard[guard.len() - 2..], [Expr::Counter, Expr::Verdict { code: 0 }]);
+    }
+
+    /// `--overload fallback`: map `fallback`, the vmap rule before the guard, and a regular
+    /// chain per service, as nft 1.0.6 emits
+    /// ```text
+    /// ip daddr . tcp dport vmap @fallback
+    ///   [ meta load l4proto => reg 1 ]  [ cmp eq reg 1 0x00000006 ]
+    ///   [ payload load 4b @ network header + 16 => reg 1 ]
+    ///   [ payload load 2b @ transport header + 2 => reg 9 ]
+    ///   [ lookup reg 1 set fallback dreg 0 ]
+    /// add element ip t fallback { 192.168.199.200 . 80 : jump c }
+    ///   element c8c7a8c0 00005000  : jump -> c 0 [end]
+    /// ```
+    #[test]
+    fn fallback_is_a_map_to_a_chain_per_service() {
+        let a = |n| Ipv4Addr::new(192, 168, 226, n);
+        let mut rs = lab(QueueSpec::single(0));
+        rs.fallback = vec![
+            FallbackRule { vip: Ipv4Addr::new(192, 168, 199, 200), port: 80, servers: vec![(a(131), 80, 1), (a(130), 80, 2)] },
+            // No server with a weight: no chain, no element.
+            FallbackRule { vip: Ipv4Addr::new(192, 168, 199, 200), port: 81, servers: vec![(a(131), 80, 0)] },
+        ];
+        let spec = table_spec(&rs, QueueImpl::Native);
+        let key = vec![0xc0, 0xa8, 0xc7, 0xc8, 0x00, 0x50, 0, 0];
+        assert_eq!(spec.sets[1].name, "fallback");
+        assert!(spec.sets[1].map);
+        assert_eq!(
+            spec.sets[1].elements,
+            vec![Element { key, verdict: Some((libc::NFT_JUMP as u32, Some("fallback-192.168.199.200-80".into()))) }]
+        );
+        let nat_pre = chain(&spec, "nat_pre");
+        assert_eq!(
+            nat_pre.rules[1],
+            vec![
+                Expr::Meta { key: 16 },
+                Expr::Cmp { op: 0, data: vec![6] },
+                Expr::Payload { base: 1, offset: 16, len: 4, dreg: 1 },
+                Expr::Payload { base: 2, offset: 2, len: 2, dreg: 9 },
+                Expr::Lookup { set: "fallback".into(), dreg: Some(0) },
+            ]
+        );
+        assert_eq!(nat_pre.rules.len(), 3, "ct state new, the map, the guard");
+        let fb = chain(&spec, "fallback-192.168.199.200-80");
+        assert_eq!(fb.base, None);
+        assert_eq!(spec.chains.last().unwrap().name, "fallback-192.168.199.200-80");
+        // `meta l4proto tcp numgen inc mod 3 < 1 counter dnat to 192.168.226.131:80`, then the
+        // last server without numgen.
+        assert_eq!(fb.rules.len(), 2);
+        assert_eq!(fb.rules[0][..4], [Expr::Meta { key: 16 }, Expr::Cmp { op: 0, data: vec![6] }, Expr::Numgen { modulus: 3 }, Expr::Cmp { op: 2, data: 1u32.to_ne_bytes().to_vec() }]);
+        assert_eq!(fb.rules[1][2], Expr::Counter);
     }
 
     /// nft 1.0.6 for `ip saddr X masquerade`, X = 192.168.226.0/24, 10.16.0.0/12, 10.1.2.3,
@@ -607,28 +992,134 @@ mod tests {
             vec![Expr::network(12, 4), Expr::and(&[0; 4]), Expr::eq(&[0; 4]), Expr::Masq]
         );
         let spec = table_spec(&lab(QueueSpec::single(0)), QueueImpl::Native);
-        assert_eq!((spec[2].kind, spec[2].hook, spec[2].priority), (ChainKind::Nat, Hook::PostRouting, 100));
+        assert_eq!(base(&spec, "nat_post"), (ChainKind::Nat, Hook::PostRouting, 100));
+    }
+
+    /// What the kernel would report for `spec`, exactly.
+    fn seen_of(spec: &TableSpec) -> SeenTable {
+        SeenTable {
+            sets: spec
+                .sets
+                .iter()
+                .map(|s| SeenSet {
+                    name: s.name.into(),
+                    flags: s.flags(),
+                    key_type: KEY_TYPE,
+                    key_len: KEY_LEN,
+                    data_type: s.data_type(),
+                    // The kernel dumps elements in hash order.
+                    elements: s.elements.iter().rev().cloned().collect(),
+                })
+                .collect(),
+            chains: spec
+                .chains
+                .iter()
+                .map(|c| SeenChain {
+                    name: c.name.clone(),
+                    kind: c.base.map(|b| b.kind.as_str().into()),
+                    hook: c.base.map(|b| b.hook as u32),
+                    priority: c.base.map(|b| b.priority),
+                    policy: c.base.map(|_| libc::NF_ACCEPT as u32),
+                    rules: c.rules.iter().map(|r| r.iter().cloned().map(Ok).collect()).collect(),
+                })
+                .collect(),
+        }
     }
 
     #[test]
     fn compare_reports_the_first_difference() {
-        let spec = table_spec(&lab(QueueSpec::single(0)), QueueImpl::Compat);
-        let mut seen: Vec<SeenChain> = spec
-            .iter()
-            .map(|c| SeenChain {
-                name: c.name.to_string_lossy().into_owned(),
-                kind: Some(c.kind.as_str().into()),
-                hook: Some(c.hook as u32),
-                priority: Some(c.priority),
-                policy: Some(libc::NF_ACCEPT as u32),
-                rules: c.rules.iter().map(|r| r.iter().cloned().map(Ok).collect()).collect(),
-            })
-            .collect();
+        let mut rs = lab(QueueSpec::single(0));
+        rs.diverts.push(tcp([10, 0, 0, 1], 443));
+        let spec = table_spec(&rs, QueueImpl::Compat);
+        let mut seen = seen_of(&spec);
         assert_eq!(compare(&spec, &seen), Ok(()));
-        seen[0].rules[0][5] = Ok(Expr::eq(&[0, 81]));
+        seen.chains[0].rules[0][6] = Ok(Expr::network(16, 4));
         assert!(compare(&spec, &seen).unwrap_err().starts_with("chain divert rule 1:"));
-        seen[2].priority = Some(0);
-        seen.swap(1, 2);
+        seen.chains[2].priority = Some(0);
+        seen.chains.swap(1, 2);
         assert!(compare(&spec, &seen).unwrap_err().starts_with("chains are [divert, nat_post, nat_pre]"));
+
+        let mut seen = seen_of(&spec);
+        seen.sets[0].elements[0].key[5] = 81;
+        assert_eq!(
+            compare(&spec, &seen).unwrap_err(),
+            "set services holds 2 elements, expected 2: missing [10.0.0.1 . 443], unexpected [10.0.0.1 . 337]"
+        );
+        let mut seen = seen_of(&spec);
+        let first = seen.sets[0].elements[0].clone();
+        seen.sets[0].elements.push(first);
+        assert!(compare(&spec, &seen).unwrap_err().starts_with("set services holds 3 elements, expected 2"));
+        seen.sets[0].key_len = 4;
+        assert!(compare(&spec, &seen).unwrap_err().starts_with("set services: (flags, key type, key length, data type)"));
+        seen.sets.clear();
+        assert_eq!(compare(&spec, &seen).unwrap_err(), "sets are [], expected [services]");
+    }
+
+    /// Regular chains are compared by name, in any order: edits create them in their own order.
+    #[test]
+    fn regular_chains_in_any_order() {
+        let a = Ipv4Addr::new(192, 168, 226, 130);
+        let mut rs = lab(QueueSpec::single(0));
+        rs.fallback = (80..83).map(|port| FallbackRule { vip: a, port, servers: vec![(a, 80, 1)] }).collect();
+        let spec = table_spec(&rs, QueueImpl::Native);
+        let mut seen = seen_of(&spec);
+        let n = seen.chains.len();
+        seen.chains.swap(n - 1, n - 3);
+        assert_eq!(compare(&spec, &seen), Ok(()));
+        seen.chains.pop();
+        assert!(compare(&spec, &seen).unwrap_err().starts_with("chains are [divert, nat_pre, nat_post, fallback-"));
+    }
+
+    fn with_services(ports: std::ops::Range<u16>, fallback: bool) -> Ruleset {
+        let vip = Ipv4Addr::new(10, 0, 0, 1);
+        let rs1 = Ipv4Addr::new(192, 168, 226, 130);
+        let mut rs = lab(QueueSpec::single(0));
+        rs.diverts = ports.clone().map(|p| tcp(vip.octets(), p)).collect();
+        if fallback {
+            rs.fallback = ports.map(|port| FallbackRule { vip, port, servers: vec![(rs1, 80, 1)] }).collect();
+        }
+        rs
+    }
+
+    #[test]
+    fn diff_of_a_service_is_its_elements_and_its_chain() {
+        let (old, new) = (with_services(1..100, false), with_services(2..101, false));
+        let (old, new) = (table_spec(&old, QueueImpl::Native), table_spec(&new, QueueImpl::Native));
+        let d = diff(&old, &new).expect("only elements differ");
+        assert_eq!(d.sets.len(), 1);
+        let (name, del, add) = &d.sets[0];
+        assert_eq!((*name, del.len(), add.len()), ("services", 1, 1));
+        assert_eq!(show(del[0]), "10.0.0.1 . 1");
+        assert_eq!(show(add[0]), "10.0.0.1 . 100");
+        assert!(d.add_chains.is_empty() && d.replace_chains.is_empty() && d.del_chains.is_empty());
+        assert!(diff(&new, &new).unwrap().is_empty());
+
+        let (old, new) = (with_services(1..4, true), with_services(2..5, true));
+        let (old, mut new) = (table_spec(&old, QueueImpl::Native), table_spec(&new, QueueImpl::Native));
+        let d = diff(&old, &new).expect("only elements and regular chains differ");
+        assert_eq!(d.sets.iter().map(|(n, del, add)| (*n, del.len(), add.len())).collect::<Vec<_>>(), [("services", 1, 1), ("fallback", 1, 1)]);
+        assert_eq!(d.add_chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["fallback-10.0.0.1-4"]);
+        assert_eq!(d.del_chains, ["fallback-10.0.0.1-1"]);
+        assert!(d.replace_chains.is_empty());
+        // A server's weight: that service's chain alone.
+        let chain = new.chains.iter_mut().find(|c| c.name == "fallback-10.0.0.1-2").unwrap();
+        chain.rules.push(chain.rules[0].clone());
+        let d = diff(&old, &new).unwrap();
+        assert_eq!(d.replace_chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["fallback-10.0.0.1-2"]);
+    }
+
+    #[test]
+    fn diff_of_anything_else_is_a_replace() {
+        let rs = with_services(1..3, false);
+        let spec = |rs: &Ruleset| table_spec(rs, QueueImpl::Native);
+        let mut other = rs.clone();
+        other.queue.num = 1;
+        assert!(diff(&spec(&rs), &spec(&other)).is_none(), "the queue");
+        let mut other = rs.clone();
+        other.masquerade.clear();
+        assert!(diff(&spec(&rs), &spec(&other)).is_none(), "masquerade");
+        // The fallback map appears: a set is declared.
+        assert!(diff(&spec(&rs), &spec(&with_services(1..3, true))).is_none(), "fallback");
+        assert!(diff(&spec(&with_services(1..3, true)), &spec(&rs)).is_none(), "no fallback");
     }
 }
