@@ -533,6 +533,8 @@ const NFT_STARTS: &[&str] = &[
 ];
 
 /// One rule of `nft list` output.
+// Long (about 100 lines): one token loop with an arm per statement form nft prints; the arms
+// share the loop's cursor and the conditions gathered so far.
 fn parse_nft_rule(toks: &[String]) -> Rule {
     let mut conds = Vec::new();
     let mut action = Action::Next;
@@ -797,6 +799,7 @@ fn builtin_hook(chain: &str) -> &str {
 }
 
 /// One `-A CHAIN ...` rule, without `-A CHAIN`.
+// Long (about 80 lines) for the same reason as parse_nft_rule: one arm per option.
 fn parse_ipt_rule(toks: &[String], table: &Table) -> Rule {
     let mut conds = Vec::new();
     let mut action = Action::Next;

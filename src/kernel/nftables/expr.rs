@@ -41,6 +41,8 @@ unsafe fn set_bytes(e: *mut sys::nftnl_expr, attr: u32, data: &[u8]) {
 }
 
 impl Expression for Expr {
+    // Long (about 100 lines): one arm per expression kind, each setting that kind's libnftnl
+    // attributes; split, the arms would only move into as many one-call functions.
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         let expr = alloc_expr(self.name());
         let e = expr.as_ptr();
