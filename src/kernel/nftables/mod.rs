@@ -6,9 +6,9 @@
 //! sequence number, then reads the table back and compares it, expression by expression and
 //! element by element, with what it sent. [`update`] changes an installed table into another
 //! with only the difference, when they differ only in which services there are (set
-//! elements, fallback chains): one atomic batch again, then a read-back of the sets and of the
-//! chains it changed; the rules stay the same whatever the number of services, so an edit
-//! costs the same with ten services or ten thousand.
+//! elements, fallback chains): one atomic batch again, then a look-up of the elements and a
+//! read-back of the chains it changed; the rules stay the same whatever the number of
+//! services, so an edit costs about the same with ten services or ten thousand.
 //! [`detect_queue_impl`] finds out whether this kernel has the native `queue` expression or
 //! only the xt `NFQUEUE` target (design.md fact 3), and [`remove`] deletes the table.
 //!
@@ -180,8 +180,9 @@ pub fn apply(rs: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
 ///
 /// When the two differ only in their services (elements of set `services`, and with
 /// `--overload fallback` elements of map `fallback` and the chains they jump to), one atomic
-/// batch deletes and adds just those, and the sets and the changed chains are read back: its
-/// cost grows with the number of services changed, not with the number there are. When
+/// batch deletes and adds just those, then each changed element is looked up and the changed
+/// chains are read back: its cost grows with the number of services changed, hardly with the
+/// number there are (the two rulesets are still compared, in one pass). When
 /// anything else differs (queue, masquerade, events, the fallback map appearing or going),
 /// this is [`apply`]. If the kernel refuses the change or does not hold what it should
 /// afterwards (the table is not what `installed` says: someone changed or deleted it), the

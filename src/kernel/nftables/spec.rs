@@ -225,8 +225,8 @@ pub(super) fn service_key(vip: Ipv4Addr, port: u16) -> Vec<u8> {
 }
 
 /// Elements in nft's listing order (see [`ruleset::listing_order`]: the key read as a
-/// little-endian number), which is the order [`table_spec`] keeps them in, so two tables'
-/// elements are compared and diffed by merging instead of hashing ten thousand keys.
+/// little-endian number), which is the order [`table_spec`] keeps them in, so the elements
+/// read back are compared with them by sorting, not by hashing ten thousand keys.
 fn element_order(a: &Element, b: &Element) -> std::cmp::Ordering {
     a.key.iter().rev().cmp(b.key.iter().rev()).then_with(|| a.verdict.cmp(&b.verdict))
 }
