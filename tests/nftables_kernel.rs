@@ -332,6 +332,14 @@ fn update_changes_only_the_services() {
     assert!(listed.contains("10.200.0.1 . 443") && !listed.contains("10.100.0.50 . 1,"), "the changed services");
     assert_eq!(table_handle(&ns), handle, "the same table");
     ns.run(|| nftables::verify(&new, q)).expect("verify");
+    // Many changes (a reload): read back whole sets rather than element by element.
+    let mut reloaded = new.clone();
+    reloaded.diverts.drain(..500);
+    reloaded.diverts.extend((1..=500).map(|p| tcp([10, 201, 0, 1], p)));
+    ns.run(|| nftables::update(&new, &reloaded, q)).expect("update 1,000 services");
+    assert_eq!(ns.ok(&["nft", "--stateless", "list", "table", "ip", "nfvs"]), expected_listing(&reloaded, q));
+    assert_eq!(table_handle(&ns), handle, "the same table");
+    let new = reloaded;
     // Nothing to do: nothing sent.
     ns.run(|| nftables::update(&new, &new, q)).expect("no change");
     // Anything but the services (here the queue) replaces the table.

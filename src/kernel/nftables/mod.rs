@@ -6,9 +6,9 @@
 //! sequence number, then reads the table back and compares it, expression by expression and
 //! element by element, with what it sent. [`update`] changes an installed table into another
 //! with only the difference, when they differ only in which services there are (set
-//! elements, fallback chains): one atomic batch again, then a read-back of the sets and of the
-//! chains it changed; the rules stay the same whatever the number of services, so an edit
-//! costs the same with ten services or ten thousand.
+//! elements, fallback chains): one atomic batch again, then a look-up of the elements and a
+//! read-back of the chains it changed; the rules stay the same whatever the number of
+//! services, so an edit costs about the same with ten services or ten thousand.
 //! [`detect_queue_impl`] finds out whether this kernel has the native `queue` expression or
 //! only the xt `NFQUEUE` target (design.md fact 3), and [`remove`] deletes the table.
 //!
@@ -161,7 +161,7 @@ pub fn apply(rs: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
         b.add(chain, MsgType::Add, format!("add chain {}", c.name));
     }
     for s in &spec.sets {
-        add_elements(&mut b, MsgType::Add, s.name, &s.elements.iter().collect::<Vec<_>>());
+        add_elements(&mut b, MsgType::Add, s.name, &s.elements);
     }
     for (chain, c) in &chains {
         add_rules(&mut b, chain, c);
@@ -180,21 +180,20 @@ pub fn apply(rs: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
 ///
 /// When the two differ only in their services (elements of set `services`, and with
 /// `--overload fallback` elements of map `fallback` and the chains they jump to), one atomic
-/// batch deletes and adds just those, and the sets and the changed chains are read back: its
-/// cost grows with the number of services changed, not with the number there are. When
+/// batch deletes and adds just those, then each changed element is looked up and the changed
+/// chains are read back: its cost grows with the number of services changed, hardly with the
+/// number there are (the two rulesets are still compared, in one pass). When
 /// anything else differs (queue, masquerade, events, the fallback map appearing or going),
 /// this is [`apply`]. If the kernel refuses the change or does not hold what it should
 /// afterwards (the table is not what `installed` says: someone changed or deleted it), the
 /// whole table is replaced with [`apply`] after all.
 pub fn update(installed: &Ruleset, want: &Ruleset, q: QueueImpl) -> Result<(), NftError> {
     want.validate().map_err(|source| NftError::Invalid { op: Op::Install, source })?;
-    let old = table_spec(installed, q);
-    let new = table_spec(want, q);
-    let Some(d) = diff(&old, &new) else { return apply(want, q) };
+    let Some(d) = diff(installed, want, q) else { return apply(want, q) };
     if d.is_empty() {
         return Ok(());
     }
-    match send_diff(&d).and_then(|()| check_diff(&new, &d)) {
+    match send_diff(&d).and_then(|()| check_diff(want, q, &d)) {
         Ok(()) => Ok(()),
         Err(e @ NftError::PermissionDenied { .. }) => Err(e),
         Err(e) => {
@@ -206,15 +205,15 @@ pub fn update(installed: &Ruleset, want: &Ruleset, q: QueueImpl) -> Result<(), N
 
 /// Sends the difference in one batch: new chains and their rules, changed chains' new rules,
 /// the deleted elements, the added ones, then the chains no element jumps to any more.
-fn send_diff(d: &Diff<'_>) -> Result<(), NftError> {
+fn send_diff(d: &Diff) -> Result<(), NftError> {
     let table = Table::new(TABLE, ProtoFamily::Ipv4);
     let mut b = LabelledBatch::new();
-    let added: Vec<(Chain, &ChainSpec)> = d.add_chains.iter().map(|c| (chain(&table, c), *c)).collect();
+    let added: Vec<(Chain, &ChainSpec)> = d.add_chains.iter().map(|c| (chain(&table, c), c)).collect();
     for (chain, c) in &added {
         b.add(chain, MsgType::Add, format!("add chain {}", c.name));
         add_rules(&mut b, chain, c);
     }
-    let replaced: Vec<(Chain, &ChainSpec)> = d.replace_chains.iter().map(|c| (chain(&table, c), *c)).collect();
+    let replaced: Vec<(Chain, &ChainSpec)> = d.replace_chains.iter().map(|c| (chain(&table, c), c)).collect();
     for (chain, c) in &replaced {
         // A rule delete without a handle deletes every rule of the chain
         // (nf_tables_delrule, `nft_delrule_by_chain`).
@@ -230,7 +229,7 @@ fn send_diff(d: &Diff<'_>) -> Result<(), NftError> {
     let deleted: Vec<(Chain, &str)> = d
         .del_chains
         .iter()
-        .map(|name| (Chain::new(CString::new(*name).unwrap_or_default(), &table), *name))
+        .map(|name| (Chain::new(CString::new(name.as_str()).unwrap_or_default(), &table), name.as_str()))
         .collect();
     for (chain, name) in &deleted {
         // Its rules go with it (nf_tables_delchain, without NLM_F_NONREC); the map elements
@@ -247,19 +246,18 @@ const LOOKUPS_MAX: usize = 256;
 /// Reads back what [`send_diff`] changed: the elements it deleted must be gone and the ones it
 /// added be there with their data (each looked up, or every set dumped when many changed),
 /// and each chain it added or replaced must hold its rules.
-fn check_diff(new: &TableSpec, d: &Diff<'_>) -> Result<(), NftError> {
+fn check_diff(want: &Ruleset, q: QueueImpl, d: &Diff) -> Result<(), NftError> {
     let mismatch = |detail| NftError::Mismatch { op: Op::ReadBack, detail };
-    let changed: usize = d.sets.iter().map(|(_, del, add)| del.len() + add.len()).sum();
-    if changed > LOOKUPS_MAX {
-        compare_sets(&new.sets, &read_sets()?).map_err(mismatch)?;
+    if d.elements() > LOOKUPS_MAX {
+        compare_sets(&table_spec(want, q).sets, &read_sets()?).map_err(mismatch)?;
     } else {
         for (name, del, add) in &d.sets {
-            let looked_up: Vec<&Element> = del.iter().chain(add).copied().collect();
+            let looked_up: Vec<&Element> = del.iter().chain(add).collect();
             if looked_up.is_empty() {
                 continue;
             }
             let found = read_elements(name, &looked_up)?;
-            let want = del.iter().map(|_| None).chain(add.iter().map(|e| Some(*e)));
+            let want = del.iter().map(|_| None).chain(add.iter().map(Some));
             for ((e, want), got) in looked_up.iter().zip(want).zip(&found) {
                 if want != got.as_ref() {
                     return Err(mismatch(format!(
@@ -301,7 +299,7 @@ fn add_rules(b: &mut LabelledBatch, chain: &Chain<'_>, c: &ChainSpec) {
     }
 }
 
-fn add_elements(b: &mut LabelledBatch, t: MsgType, set: &str, elements: &[&Element]) {
+fn add_elements(b: &mut LabelledBatch, t: MsgType, set: &str, elements: &[Element]) {
     let what = match t {
         MsgType::Add => "add",
         MsgType::Del => "delete",

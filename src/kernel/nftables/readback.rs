@@ -171,8 +171,11 @@ pub(super) fn read_table() -> Result<SeenTable, NftError> {
             Ok(())
         })?;
         let mut stray: Option<String> = None;
-        let rules_intact = dump_rules(sock, op, None, |chain, exprs| match chains.iter_mut().find(|c| c.name == chain) {
-            Some(c) => c.rules.push(exprs),
+        // With --overload fallback there is a chain per service: find them by name.
+        let index: std::collections::HashMap<String, usize> =
+            chains.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
+        let rules_intact = dump_rules(sock, op, None, |chain, exprs| match index.get(&chain) {
+            Some(&i) => chains[i].rules.push(exprs),
             None => stray = Some(chain),
         })?;
         let (sets, sets_intact) = dump_sets(sock, op)?;
@@ -211,7 +214,7 @@ pub(super) fn read_elements(set: &str, elements: &[&Element]) -> Result<Vec<Opti
     for (seq, e) in (1..).zip(elements) {
         let key = Element { key: e.key.clone(), verdict: None };
         requests.extend(request(libc::NFT_MSG_GETSETELEM, libc::NLM_F_ACK, seq, |nlh| {
-            let one = OwnedSet::with_elements(set, &[&key]);
+            let one = OwnedSet::with_elements(set, [&key]);
             // SAFETY: `nlh` points into the request buffer, which has room for one element.
             unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, one.ptr()) };
         }));

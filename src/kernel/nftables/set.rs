@@ -40,7 +40,7 @@ impl OwnedSet {
     }
 
     /// Set `name` of our table holding `elements`.
-    pub(super) fn with_elements(name: &str, elements: &[&Element]) -> OwnedSet {
+    pub(super) fn with_elements<'a>(name: &str, elements: impl IntoIterator<Item = &'a Element>) -> OwnedSet {
         let mut set = OwnedSet::named(name);
         for e in elements {
             set.push(e);
@@ -196,11 +196,8 @@ pub(super) struct SetElems(OwnedSet);
 
 impl SetElems {
     /// The messages that carry `elements` of set `name`, in order.
-    pub(super) fn messages(name: &str, elements: &[&Element]) -> Vec<SetElems> {
-        elements
-            .chunks(ELEMENTS_PER_MESSAGE)
-            .map(|chunk| SetElems(OwnedSet::with_elements(name, chunk)))
-            .collect()
+    pub(super) fn messages(name: &str, elements: &[Element]) -> Vec<SetElems> {
+        elements.chunks(ELEMENTS_PER_MESSAGE).map(|chunk| SetElems(OwnedSet::with_elements(name, chunk))).collect()
     }
 }
 

@@ -4,7 +4,6 @@
 //! difference between two tables that [`super::update`] sends. Pure: no libnftnl call, no
 //! socket (those are in the sibling files).
 
-use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
 
@@ -13,7 +12,7 @@ use nftnl_sys::libc;
 
 use super::QueueImpl;
 use crate::model::Protocol;
-use crate::ruleset::{self, Cidr, FallbackRule, QueueSpec, Ruleset};
+use crate::ruleset::{self, listing_order, Cidr, FallbackRule, QueueSpec, Ruleset};
 
 pub(super) const TABLE: &CStr = c"nfvs";
 const DIVERT: &str = ruleset::CHAIN_DIVERT;
@@ -226,8 +225,8 @@ pub(super) fn service_key(vip: Ipv4Addr, port: u16) -> Vec<u8> {
 }
 
 /// Elements in nft's listing order (see [`ruleset::listing_order`]: the key read as a
-/// little-endian number), which is the order [`table_spec`] keeps them in, so two tables'
-/// elements are compared and diffed by merging instead of hashing ten thousand keys.
+/// little-endian number), which is the order [`table_spec`] keeps them in, so the elements
+/// read back are compared with them by sorting, not by hashing ten thousand keys.
 fn element_order(a: &Element, b: &Element) -> std::cmp::Ordering {
     a.key.iter().rev().cmp(b.key.iter().rev()).then_with(|| a.verdict.cmp(&b.verdict))
 }
@@ -238,15 +237,15 @@ fn sorted(mut v: Vec<Element>) -> Vec<Element> {
     v
 }
 
-/// The elements of `old` that `new` lacks, and those of `new` that `old` lacks; both in
-/// [`element_order`], without duplicates.
-fn merge_diff<'a>(old: &'a [Element], new: &'a [Element]) -> (Vec<&'a Element>, Vec<&'a Element>) {
+/// The items of `old` that `new` lacks, and those of `new` that `old` lacks, of two lists
+/// sorted by `key` without duplicates: one pass over both, no hashing.
+fn merge_diff<'a, T, K: Ord>(old: &'a [T], new: &'a [T], key: impl Fn(&T) -> K) -> (Vec<&'a T>, Vec<&'a T>) {
     use std::cmp::Ordering;
     let (mut del, mut add) = (Vec::new(), Vec::new());
     let (mut i, mut j) = (0, 0);
     while i < old.len() || j < new.len() {
         let ord = match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) => element_order(a, b),
+            (Some(a), Some(b)) => key(a).cmp(&key(b)),
             (Some(_), None) => Ordering::Less,
             _ => Ordering::Greater,
         };
@@ -266,6 +265,11 @@ fn merge_diff<'a>(old: &'a [Element], new: &'a [Element]) -> (Vec<&'a Element>, 
         }
     }
     (del, add)
+}
+
+/// An element's place in [`element_order`], to merge lists of them.
+fn element_key(e: &Element) -> (Vec<u8>, Option<Jump>) {
+    (e.key.iter().rev().copied().collect(), e.verdict.clone())
 }
 
 /// A verdict-map element's data: `jump CHAIN` (code NFT_JUMP and the chain's name).
@@ -318,20 +322,22 @@ pub(super) struct TableSpec {
 /// What [`super::apply`] installs for `rs`; see [`crate::ruleset`] for why each part.
 pub(super) fn table_spec(rs: &Ruleset, q: QueueImpl) -> TableSpec {
     let fallback = rs.fallback_chains();
-    let mut sets = vec![SetSpec {
-        name: SERVICES,
-        map: false,
-        // In order already, once each.
-        elements: rs.tcp_services().into_iter().map(|(vip, port)| Element { key: service_key(vip, port), verdict: None }).collect(),
-    }];
-    if !fallback.is_empty() {
-        sets.push(SetSpec {
-            name: FALLBACK,
-            map: true,
-            elements: sorted(
-                fallback.iter().map(|f| Element { key: service_key(f.vip, f.port), verdict: Some(jump(f.chain())) }).collect(),
-            ),
-        });
+    let mut t = frame(rs, q, !fallback.is_empty());
+    // In order already, once each.
+    t.sets[0].elements = rs.tcp_services().into_iter().map(|(vip, port)| service_element(vip, port)).collect();
+    if let Some(map) = t.sets.get_mut(1) {
+        map.elements = sorted(fallback.iter().map(|f| fallback_element(f)).collect());
+    }
+    t.chains.extend(fallback.iter().map(|f| fallback_chain(f)));
+    t
+}
+
+/// What does not depend on which services there are: the sets' declarations (without
+/// elements) and the base chains, for `rs` with (`fallback`) or without a fallback map.
+fn frame(rs: &Ruleset, q: QueueImpl, fallback: bool) -> TableSpec {
+    let mut sets = vec![SetSpec { name: SERVICES, map: false, elements: Vec::new() }];
+    if fallback {
+        sets.push(SetSpec { name: FALLBACK, map: true, elements: Vec::new() });
     }
     let base = |kind, hook, priority| Some(Base { kind, hook, priority });
     let mut chains = vec![ChainSpec {
@@ -347,7 +353,7 @@ pub(super) fn table_spec(rs: &Ruleset, q: QueueImpl) -> TableSpec {
         });
     }
     let mut nat_pre = vec![ct_new_rule()];
-    if !fallback.is_empty() {
+    if fallback {
         nat_pre.push(fallback_vmap_rule());
     }
     nat_pre.push(guard_rule());
@@ -357,8 +363,19 @@ pub(super) fn table_spec(rs: &Ruleset, q: QueueImpl) -> TableSpec {
         base: base(ChainKind::Nat, Hook::PostRouting, PRIO_SRCNAT),
         rules: rs.masquerade.iter().map(masquerade_rule).collect(),
     });
-    chains.extend(fallback.iter().map(|f| ChainSpec { name: f.chain(), base: None, rules: fallback_rules(f) }));
     TableSpec { sets, chains }
+}
+
+fn service_element(vip: Ipv4Addr, port: u16) -> Element {
+    Element { key: service_key(vip, port), verdict: None }
+}
+
+fn fallback_element(f: &FallbackRule) -> Element {
+    Element { key: service_key(f.vip, f.port), verdict: Some(jump(f.chain())) }
+}
+
+fn fallback_chain(f: &FallbackRule) -> ChainSpec {
+    ChainSpec { name: f.chain(), base: None, rules: fallback_rules(f) }
 }
 
 /// The `events` chain (see [`crate::ruleset`]), as nft 1.0.6 emits
@@ -684,7 +701,7 @@ pub(super) fn compare_sets(spec: &[SetSpec], seen: &[SeenSet]) -> Result<(), Str
             let mut unique = got.clone();
             unique.dedup();
             let unique: Vec<Element> = unique.into_iter().cloned().collect();
-            let (extra, missing) = merge_diff(&unique, &s.elements);
+            let (extra, missing) = merge_diff(&unique, &s.elements, element_key);
             let missing: Vec<String> = missing.into_iter().map(show).collect();
             let mut extra: Vec<String> = extra.into_iter().map(show).collect();
             if extra.is_empty() && unique.len() < got.len() {
@@ -726,53 +743,75 @@ pub(super) fn show(e: &Element) -> String {
     }
 }
 
-/// What [`super::update`] sends to turn table `old` into `new` when they differ only in set
-/// elements and regular chains. Anything else (a base chain's rules, the queue, a set that
-/// comes or goes) makes [`diff`] answer `None`: then the whole table is replaced.
+/// What [`super::update`] sends to turn the table of ruleset `old` into that of `new` when
+/// they differ only in their services: set elements and fallback chains. Anything else (a base
+/// chain's rules, the queue, the fallback map coming or going) makes [`diff`] answer `None`:
+/// then the whole table is replaced.
 #[derive(Debug, Default)]
-pub(super) struct Diff<'a> {
-    /// Per set of `new`, in order: its name, the elements to delete, the elements to add.
-    pub(super) sets: Vec<(&'static str, Vec<&'a Element>, Vec<&'a Element>)>,
+pub(super) struct Diff {
+    /// Per set of the new table, in order: its name, the elements to delete, those to add.
+    pub(super) sets: Vec<(&'static str, Vec<Element>, Vec<Element>)>,
     /// Regular chains to create, with their rules.
-    pub(super) add_chains: Vec<&'a ChainSpec>,
+    pub(super) add_chains: Vec<ChainSpec>,
     /// Regular chains whose rules change: flushed, then given the new ones.
-    pub(super) replace_chains: Vec<&'a ChainSpec>,
+    pub(super) replace_chains: Vec<ChainSpec>,
     /// Regular chains to delete (after the map elements that jump to them).
-    pub(super) del_chains: Vec<&'a str>,
+    pub(super) del_chains: Vec<String>,
 }
 
-impl Diff<'_> {
+impl Diff {
     pub(super) fn is_empty(&self) -> bool {
         self.sets.iter().all(|(_, del, add)| del.is_empty() && add.is_empty())
             && self.add_chains.is_empty()
             && self.replace_chains.is_empty()
             && self.del_chains.is_empty()
     }
+
+    /// How many set elements it deletes and adds.
+    pub(super) fn elements(&self) -> usize {
+        self.sets.iter().map(|(_, del, add)| del.len() + add.len()).sum()
+    }
 }
 
-pub(super) fn diff<'a>(old: &'a TableSpec, new: &'a TableSpec) -> Option<Diff<'a>> {
-    let declared = |t: &TableSpec| t.sets.iter().map(|s| (s.name, s.map)).collect::<Vec<_>>();
-    let bases = |t: &'a TableSpec| t.chains.iter().filter(|c| c.base.is_some()).collect::<Vec<_>>();
-    if declared(old) != declared(new) || bases(old) != bases(new) {
+/// The difference between the tables of `old` and `new`, computed from the rulesets: one pass
+/// over their services, building expressions only for the services that changed, so that an
+/// edit of one service among ten thousand costs little more than with one.
+pub(super) fn diff(old: &Ruleset, new: &Ruleset, q: QueueImpl) -> Option<Diff> {
+    let (old_fb, new_fb) = (old.fallback_chains(), new.fallback_chains());
+    if frame(old, q, !old_fb.is_empty()) != frame(new, q, !new_fb.is_empty()) {
         return None;
     }
     let mut d = Diff::default();
-    for (o, n) in old.sets.iter().zip(&new.sets) {
-        let (del, add) = merge_diff(&o.elements, &n.elements);
-        d.sets.push((n.name, del, add));
+    let (old_s, new_s) = (old.tcp_services(), new.tcp_services());
+    let (del, add) = merge_diff(&old_s, &new_s, |&(vip, port)| listing_order(vip, port));
+    d.sets.push((
+        SERVICES,
+        del.into_iter().map(|&(vip, port)| service_element(vip, port)).collect(),
+        add.into_iter().map(|&(vip, port)| service_element(vip, port)).collect(),
+    ));
+    if new_fb.is_empty() {
+        return Some(d);
     }
-    let regular = |t: &'a TableSpec| -> BTreeMap<&'a str, &'a ChainSpec> {
-        t.chains.iter().filter(|c| c.base.is_none()).map(|c| (c.name.as_str(), c)).collect()
+    let by_service = |v: &[&'_ FallbackRule]| -> std::collections::HashMap<(Ipv4Addr, u16), usize> {
+        v.iter().enumerate().map(|(i, f)| ((f.vip, f.port), i)).collect()
     };
-    let (old_c, new_c) = (regular(old), regular(new));
-    for c in new.chains.iter().filter(|c| c.base.is_none()) {
-        match old_c.get(c.name.as_str()) {
-            None => d.add_chains.push(c),
-            Some(o) if o.rules != c.rules => d.replace_chains.push(c),
+    let (old_i, new_i) = (by_service(&old_fb), by_service(&new_fb));
+    let (mut del, mut add) = (Vec::new(), Vec::new());
+    for f in &new_fb {
+        match old_i.get(&(f.vip, f.port)).map(|&i| old_fb[i]) {
+            None => {
+                add.push(fallback_element(f));
+                d.add_chains.push(fallback_chain(f));
+            }
+            Some(o) if o.servers != f.servers && o.steps() != f.steps() => d.replace_chains.push(fallback_chain(f)),
             Some(_) => {}
         }
     }
-    d.del_chains = old_c.keys().filter(|name| !new_c.contains_key(*name)).copied().collect();
+    for o in old_fb.iter().filter(|o| !new_i.contains_key(&(o.vip, o.port))) {
+        del.push(fallback_element(o));
+        d.del_chains.push(o.chain());
+    }
+    d.sets.push((FALLBACK, del, add));
     Some(d)
 }
 
@@ -1083,43 +1122,54 @@ mod tests {
 
     #[test]
     fn diff_of_a_service_is_its_elements_and_its_chain() {
+        let q = QueueImpl::Native;
         let (old, new) = (with_services(1..100, false), with_services(2..101, false));
-        let (old, new) = (table_spec(&old, QueueImpl::Native), table_spec(&new, QueueImpl::Native));
-        let d = diff(&old, &new).expect("only elements differ");
+        let d = diff(&old, &new, q).expect("only elements differ");
         assert_eq!(d.sets.len(), 1);
         let (name, del, add) = &d.sets[0];
         assert_eq!((*name, del.len(), add.len()), ("services", 1, 1));
-        assert_eq!(show(del[0]), "10.0.0.1 . 1");
-        assert_eq!(show(add[0]), "10.0.0.1 . 100");
+        assert_eq!(show(&del[0]), "10.0.0.1 . 1");
+        assert_eq!(show(&add[0]), "10.0.0.1 . 100");
         assert!(d.add_chains.is_empty() && d.replace_chains.is_empty() && d.del_chains.is_empty());
-        assert!(diff(&new, &new).unwrap().is_empty());
+        assert!(diff(&new, &new, q).unwrap().is_empty());
 
         let (old, new) = (with_services(1..4, true), with_services(2..5, true));
-        let (old, mut new) = (table_spec(&old, QueueImpl::Native), table_spec(&new, QueueImpl::Native));
-        let d = diff(&old, &new).expect("only elements and regular chains differ");
-        assert_eq!(d.sets.iter().map(|(n, del, add)| (*n, del.len(), add.len())).collect::<Vec<_>>(), [("services", 1, 1), ("fallback", 1, 1)]);
-        assert_eq!(d.add_chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["fallback-10.0.0.1-4"]);
+        let d = diff(&old, &new, q).expect("only elements and regular chains differ");
+        let counts: Vec<_> = d.sets.iter().map(|(n, del, add)| (*n, del.len(), add.len())).collect();
+        assert_eq!(counts, [("services", 1, 1), ("fallback", 1, 1)]);
+        assert_eq!(d.sets[1].2[0], table_spec(&new, q).sets[1].elements[2], "the jump to the new chain");
+        assert_eq!(d.add_chains, [chain(&table_spec(&new, q), "fallback-10.0.0.1-4").clone()]);
         assert_eq!(d.del_chains, ["fallback-10.0.0.1-1"]);
         assert!(d.replace_chains.is_empty());
-        // A server's weight: that service's chain alone.
-        let chain = new.chains.iter_mut().find(|c| c.name == "fallback-10.0.0.1-2").unwrap();
-        chain.rules.push(chain.rules[0].clone());
-        let d = diff(&old, &new).unwrap();
-        assert_eq!(d.replace_chains.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["fallback-10.0.0.1-2"]);
+        assert_eq!(d.elements(), 4);
+        // A second server: that service's chain alone, with its new rules.
+        let mut two = new.clone();
+        two.fallback[0].servers.push((Ipv4Addr::new(192, 168, 226, 131), 80, 1));
+        let d = diff(&new, &two, q).unwrap();
+        assert_eq!(d.replace_chains, [chain(&table_spec(&two, q), "fallback-10.0.0.1-2").clone()]);
+        assert_eq!(d.elements(), 0);
+        // A server of weight 0 added, or the one server's weight changed: the same rules,
+        // nothing to do.
+        let mut idle = two.clone();
+        idle.fallback[0].servers.push((Ipv4Addr::new(192, 168, 226, 132), 80, 0));
+        assert!(diff(&two, &idle, q).unwrap().is_empty());
+        let mut heavier = new.clone();
+        heavier.fallback[0].servers[0].2 = 2;
+        assert!(diff(&new, &heavier, q).unwrap().is_empty());
     }
 
     #[test]
     fn diff_of_anything_else_is_a_replace() {
+        let q = QueueImpl::Native;
         let rs = with_services(1..3, false);
-        let spec = |rs: &Ruleset| table_spec(rs, QueueImpl::Native);
         let mut other = rs.clone();
         other.queue.num = 1;
-        assert!(diff(&spec(&rs), &spec(&other)).is_none(), "the queue");
+        assert!(diff(&rs, &other, q).is_none(), "the queue");
         let mut other = rs.clone();
         other.masquerade.clear();
-        assert!(diff(&spec(&rs), &spec(&other)).is_none(), "masquerade");
+        assert!(diff(&rs, &other, q).is_none(), "masquerade");
         // The fallback map appears: a set is declared.
-        assert!(diff(&spec(&rs), &spec(&with_services(1..3, true))).is_none(), "fallback");
-        assert!(diff(&spec(&with_services(1..3, true)), &spec(&rs)).is_none(), "no fallback");
+        assert!(diff(&rs, &with_services(1..3, true), q).is_none(), "fallback");
+        assert!(diff(&with_services(1..3, true), &rs, q).is_none(), "no fallback");
     }
 }
